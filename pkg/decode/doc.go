@@ -1,0 +1,14 @@
+// Package decode turns pgoutput logical replication messages into outbox events.
+//
+// Parser reads the pgoutput wire format (protocol version 1) without copying:
+// tuple values alias the message buffer. Decoder sits on top of it: it learns
+// the column layout of each relation from Relation messages, maps inserts into
+// configured outbox tables to Events following Debezium's Outbox Event Router
+// conventions (topic from the route-by column, key, payload, id and type
+// headers), turns transactional logical messages with a configured prefix into
+// Events, and reports transaction boundaries so the caller can track LSNs.
+//
+// Every error Decoder returns is fatal for the stream: skipping a message the
+// relay cannot map would silently lose an event, so it stops instead and names
+// the table and column at fault.
+package decode

@@ -1,0 +1,428 @@
+package decode
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/relay-dev/relay/pkg/config"
+)
+
+// Header is one Kafka record header.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Event is one record to publish. Its byte slices are owned by the event (they
+// do not alias the replication buffer).
+type Event struct {
+	Table     string // configured outbox table, or "message:<prefix>" for logical messages
+	Topic     string
+	Key       []byte // nil when the key column is NULL
+	Value     []byte // nil for a tombstone
+	ID        string
+	Headers   []Header
+	Timestamp time.Time
+	Partition int32  // -1: let the partitioner choose
+	Seq       uint64 // assigned by the checkpoint tracker when the event is handed over
+}
+
+// Size is the event's approximate memory footprint, used for the in-flight cap.
+func (e *Event) Size() int {
+	n := 64 + len(e.Topic) + len(e.Key) + len(e.Value) + len(e.ID)
+	for _, h := range e.Headers {
+		n += len(h.Key) + len(h.Value) + 16
+	}
+	return n
+}
+
+// Kind says what a decoded message means to the caller.
+type Kind int
+
+const (
+	// KindNone needs no action (relation metadata, ignored operations, ...).
+	KindNone Kind = iota
+	// KindBegin starts a transaction; Result.LSN is its commit LSN.
+	KindBegin
+	// KindEvent carries Result.Event.
+	KindEvent
+	// KindCommit ends a transaction; Result.LSN is the end of its commit record,
+	// the position to confirm once its events are acked.
+	KindCommit
+)
+
+// Result is the outcome of decoding one message.
+type Result struct {
+	Kind       Kind
+	LSN        uint64
+	CommitTime time.Time
+	Event      *Event
+}
+
+// Decoder maps pgoutput messages to events. It is not safe for concurrent use:
+// one replication stream owns one Decoder.
+type Decoder struct {
+	p        Parser
+	log      zerolog.Logger
+	tables   map[string]*rule // by "schema.table"
+	rels     map[uint32]*relation
+	messages map[string]*router // by prefix
+	commitAt time.Time
+}
+
+type rule struct {
+	cfg    config.Table
+	schema string
+	name   string
+	route  *router
+}
+
+type relation struct {
+	name  string
+	rule  *rule // nil: not an outbox table, rows ignored
+	id    int
+	key   int
+	pay   int
+	payBy bool // payload column is bytea
+	route int
+	typ   int
+	ts    int // -1: commit time
+	part  int // -1: partitioner
+	hdrs  []hdrCol
+}
+
+type hdrCol struct {
+	idx  int
+	name string
+}
+
+// router builds topic names from the route-by value, caching them so the hot
+// path does not allocate a topic string per event.
+type router struct {
+	prefix, suffix string
+	fixed          bool
+	re             *regexp.Regexp
+	group          int
+	cache          map[string]string
+}
+
+func newRouter(topic, routeRegex string) (*router, error) {
+	r := &router{cache: map[string]string{}}
+	before, after, found := strings.Cut(topic, "${routedByValue}")
+	r.prefix, r.suffix, r.fixed = before, after, !found
+	if routeRegex != "" {
+		re, err := regexp.Compile(routeRegex)
+		if err != nil {
+			return nil, err
+		}
+		r.re, r.group = re, re.SubexpIndex("routedByValue")
+	}
+	return r, nil
+}
+
+const maxTopicCache = 4096
+
+func (r *router) topic(value []byte) string {
+	if r.fixed {
+		return r.prefix
+	}
+	if t, ok := r.cache[string(value)]; ok {
+		return t
+	}
+	v := string(value)
+	if r.re != nil {
+		if m := r.re.FindStringSubmatch(v); m != nil && r.group > 0 {
+			v = m[r.group]
+		}
+	}
+	t := r.prefix + v + r.suffix
+	if len(r.cache) < maxTopicCache {
+		r.cache[string(value)] = t
+	}
+	return t
+}
+
+// NewDecoder returns a decoder for the configured outbox tables and message prefixes.
+func NewDecoder(tables []config.Table, messages []config.Message, log zerolog.Logger) (*Decoder, error) {
+	d := &Decoder{
+		log:      log,
+		tables:   map[string]*rule{},
+		rels:     map[uint32]*relation{},
+		messages: map[string]*router{},
+	}
+	for _, t := range tables {
+		schema, name, err := config.SplitTable(t.Table)
+		if err != nil {
+			return nil, fmt.Errorf("outbox table %s: %w", t.Table, err)
+		}
+		r, err := newRouter(t.Topic, t.RouteRegex)
+		if err != nil {
+			return nil, fmt.Errorf("outbox table %s: route_regex: %w", t.Table, err)
+		}
+		d.tables[schema+"."+name] = &rule{cfg: t, schema: schema, name: name, route: r}
+	}
+	for _, m := range messages {
+		r, err := newRouter(m.Topic, "")
+		if err != nil {
+			return nil, err
+		}
+		d.messages[m.Prefix] = r
+	}
+	return d, nil
+}
+
+const byteaOID = 17
+
+func (d *Decoder) learnRelation(rel *Relation) error {
+	full := rel.Namespace + "." + rel.Name
+	r := &relation{name: full, rule: d.tables[full]}
+	d.rels[rel.ID] = r
+	if r.rule == nil {
+		d.log.Debug().Str("table", full).Msg("rows of a table that is not a configured outbox table are ignored")
+		return nil
+	}
+	cfg := r.rule.cfg
+	find := func(col string) int {
+		for i, c := range rel.Columns {
+			if c.Name == col {
+				return i
+			}
+		}
+		return -1
+	}
+	var missing []string
+	need := func(key, col string) int {
+		i := find(col)
+		if i < 0 {
+			missing = append(missing, fmt.Sprintf("columns.%s %q", key, col))
+		}
+		return i
+	}
+	r.id = need("id", cfg.Columns.ID)
+	r.key = need("key", cfg.Columns.Key)
+	r.pay = need("payload", cfg.Columns.Payload)
+	r.route = need("route_by", cfg.Columns.RouteBy)
+	r.typ = need("type", cfg.Columns.Type)
+	r.ts, r.part = -1, -1
+	if cfg.Columns.Timestamp != "" {
+		r.ts = need("timestamp", cfg.Columns.Timestamp)
+	}
+	if cfg.PartitionColumn != "" {
+		r.part = need("partition_column", cfg.PartitionColumn)
+	}
+	if r.pay >= 0 {
+		r.payBy = rel.Columns[r.pay].TypeOID == byteaOID
+	}
+	for col, hdr := range cfg.Headers {
+		i := find(col)
+		if i < 0 {
+			if cfg.OnMissingColumn == "ignore" {
+				d.log.Warn().Str("table", cfg.Table).Str("column", col).Msg("header column missing from outbox table; ignored (on_missing_column: ignore)")
+				continue
+			}
+			missing = append(missing, fmt.Sprintf("headers %q", col))
+			continue
+		}
+		if hdr == "" {
+			hdr = col
+		}
+		r.hdrs = append(r.hdrs, hdrCol{idx: i, name: hdr})
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("outbox table %s has no column for %s", cfg.Table, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// Decode decodes one pgoutput message.
+func (d *Decoder) Decode(data []byte) (Result, error) {
+	typ, err := d.p.Parse(data)
+	if err != nil {
+		return Result{}, err
+	}
+	switch typ {
+	case MsgBegin:
+		d.commitAt = TimeFromPG(d.p.Begin.CommitTime)
+		return Result{Kind: KindBegin, LSN: d.p.Begin.FinalLSN, CommitTime: d.commitAt}, nil
+	case MsgCommit:
+		return Result{Kind: KindCommit, LSN: d.p.Commit.EndLSN, CommitTime: TimeFromPG(d.p.Commit.CommitTime)}, nil
+	case MsgRelation:
+		return Result{}, d.learnRelation(&d.p.Relation)
+	case MsgInsert:
+		rel, ok := d.rels[d.p.Insert.RelationID]
+		if !ok {
+			return Result{}, fmt.Errorf("insert for relation %d before its Relation message", d.p.Insert.RelationID)
+		}
+		if rel.rule == nil {
+			return Result{}, nil
+		}
+		ev, err := d.insert(rel, d.p.Insert.Tuple)
+		if err != nil {
+			return Result{}, err
+		}
+		return Result{Kind: KindEvent, Event: ev}, nil
+	case MsgUpdate:
+		return Result{}, d.update()
+	case MsgMessage:
+		return d.message()
+	}
+	// Deletes are the normal cleanup of an outbox and carry no event; origin,
+	// type and truncate messages need no action.
+	return Result{}, nil
+}
+
+func (d *Decoder) update() error {
+	rel, ok := d.rels[d.p.Update.RelationID]
+	if !ok || rel.rule == nil {
+		return nil
+	}
+	id := ""
+	if rel.id < len(d.p.Update.New) {
+		id = string(d.p.Update.New[rel.id].Data)
+	}
+	switch rel.rule.cfg.OnUpdate {
+	case "fatal":
+		return fmt.Errorf("UPDATE on outbox table %s (event id %s): outbox rows must be inserted, not updated (on_update: fatal)", rel.rule.cfg.Table, id)
+	case "error":
+		d.log.Error().Str("table", rel.rule.cfg.Table).Str("id", id).Msg("UPDATE on outbox table ignored: outbox rows must be inserted, not updated")
+	default:
+		d.log.Warn().Str("table", rel.rule.cfg.Table).Str("id", id).Msg("UPDATE on outbox table ignored: outbox rows must be inserted, not updated")
+	}
+	return nil
+}
+
+func colText(cols []Column, i int) ([]byte, bool) {
+	c := cols[i]
+	switch c.Kind {
+	case 't', 'b':
+		return c.Data, true
+	}
+	return nil, false
+}
+
+func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
+	cfg := &rel.rule.cfg
+	for _, i := range []int{rel.id, rel.key, rel.pay, rel.route, rel.typ} {
+		if i >= len(cols) {
+			return nil, fmt.Errorf("outbox table %s: insert has %d columns, relation announced more", cfg.Table, len(cols))
+		}
+	}
+	id, ok := colText(cols, rel.id)
+	if !ok {
+		return nil, fmt.Errorf("outbox table %s: column %s (id) is NULL: every event needs an id", cfg.Table, cfg.Columns.ID)
+	}
+	key, hasKey := colText(cols, rel.key)
+	route, _ := colText(cols, rel.route)
+	typ, _ := colText(cols, rel.typ)
+	payload, hasPayload := colText(cols, rel.pay)
+
+	// One allocation holds every byte the event keeps.
+	n := len(id) + len(key) + len(payload) + len(typ)
+	for _, h := range rel.hdrs {
+		if h.idx < len(cols) {
+			n += len(cols[h.idx].Data)
+		}
+	}
+	buf := make([]byte, 0, n)
+	take := func(b []byte) []byte {
+		start := len(buf)
+		buf = append(buf, b...)
+		return buf[start:len(buf):len(buf)]
+	}
+	ev := &Event{
+		Table:     cfg.Table,
+		Topic:     rel.rule.route.topic(route),
+		ID:        string(id),
+		Timestamp: d.commitAt,
+		Partition: -1,
+	}
+	if hasKey {
+		ev.Key = take(key)
+	}
+	if hasPayload {
+		if rel.payBy {
+			v, err := decodeBytea(payload)
+			if err != nil {
+				return nil, fmt.Errorf("outbox table %s: column %s (payload) of event %s: %w", cfg.Table, cfg.Columns.Payload, ev.ID, err)
+			}
+			ev.Value = v
+		} else {
+			ev.Value = take(payload)
+		}
+		if len(ev.Value) == 0 && cfg.TombstoneOnEmptyPayload {
+			ev.Value = nil
+		} else if ev.Value == nil {
+			ev.Value = []byte{}
+		}
+	}
+	ev.Headers = make([]Header, 0, 2+len(rel.hdrs))
+	ev.Headers = append(ev.Headers, Header{Key: "id", Value: take(id)})
+	if typ != nil {
+		ev.Headers = append(ev.Headers, Header{Key: "type", Value: take(typ)})
+	}
+	for _, h := range rel.hdrs {
+		if v, ok := colText(cols, h.idx); ok {
+			ev.Headers = append(ev.Headers, Header{Key: h.name, Value: take(v)})
+		}
+	}
+	if rel.ts >= 0 && rel.ts < len(cols) {
+		if v, ok := colText(cols, rel.ts); ok {
+			ts, err := parseTimestamp(string(v))
+			if err != nil {
+				return nil, fmt.Errorf("outbox table %s: column %s (timestamp) of event %s: %w", cfg.Table, cfg.Columns.Timestamp, ev.ID, err)
+			}
+			ev.Timestamp = ts
+		}
+	}
+	if rel.part >= 0 && rel.part < len(cols) {
+		if v, ok := colText(cols, rel.part); ok {
+			p, err := strconv.ParseInt(string(v), 10, 32)
+			if err != nil || p < 0 {
+				return nil, fmt.Errorf("outbox table %s: column %s (partition_column) of event %s: %q is not a partition number", cfg.Table, cfg.PartitionColumn, ev.ID, v)
+			}
+			ev.Partition = int32(p)
+		}
+	}
+	return ev, nil
+}
+
+// decodeBytea decodes bytea's text output (hex format, the default since 9.0).
+func decodeBytea(b []byte) ([]byte, error) {
+	if len(b) < 2 || b[0] != '\\' || b[1] != 'x' {
+		return nil, errors.New("bytea value not in hex format (set bytea_output = 'hex')")
+	}
+	out := make([]byte, hex.DecodedLen(len(b)-2))
+	if _, err := hex.Decode(out, b[2:]); err != nil {
+		return nil, fmt.Errorf("bytea value: %w", err)
+	}
+	return out, nil
+}
+
+var tsLayouts = []string{
+	"2006-01-02 15:04:05.999999999-07",
+	"2006-01-02 15:04:05.999999999-07:00",
+	"2006-01-02 15:04:05.999999999-07:00:00",
+	"2006-01-02 15:04:05.999999999",
+	time.RFC3339Nano,
+}
+
+// parseTimestamp parses timestamp and timestamptz text output (ISO DateStyle);
+// values without a zone are taken as UTC.
+func parseTimestamp(s string) (time.Time, error) {
+	for _, l := range tsLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t, nil
+		}
+	}
+	if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.UnixMilli(ms), nil
+	}
+	return time.Time{}, fmt.Errorf("%q is not a timestamp", s)
+}

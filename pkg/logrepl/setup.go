@@ -1,0 +1,267 @@
+package logrepl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/fault"
+)
+
+// SlotState is what pg_replication_slots says about the relay's slot.
+type SlotState struct {
+	Exists    bool
+	Plugin    string
+	Database  string
+	Active    bool
+	ActivePID int
+	WALStatus string
+	Confirmed pglogrepl.LSN
+}
+
+// ErrSlotLost means Postgres removed WAL the slot still needed: events written
+// while the relay was away may never be relayed.
+var ErrSlotLost = errors.New("replication slot is invalidated (wal_status = lost)")
+
+// ReadSlot reads the slot's state on a regular connection.
+func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotState, error) {
+	var s SlotState
+	var pid *int32
+	var walStatus, database *string
+	var confirmed *string
+	err := conn.QueryRow(ctx, `SELECT plugin, database, active, active_pid, wal_status, confirmed_flush_lsn::text
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&s.Plugin, &database, &s.Active, &pid, &walStatus, &confirmed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("reading slot %s from pg_replication_slots: %w", slot, err)
+	}
+	s.Exists = true
+	if pid != nil {
+		s.ActivePID = int(*pid)
+	}
+	if walStatus != nil {
+		s.WALStatus = *walStatus
+	}
+	if database != nil {
+		s.Database = *database
+	}
+	if confirmed != nil {
+		if s.Confirmed, err = pglogrepl.ParseLSN(*confirmed); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// Prepare checks the database can serve the relay and creates the publication
+// and slot when configured to. It returns the slot's confirmed position.
+// Problems a human must fix are fatal; the rest (connection trouble) retryable.
+func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log logger) (pglogrepl.LSN, error) {
+	conn, err := pgx.Connect(ctx, pg.URL)
+	if err != nil {
+		return 0, classify(fmt.Errorf("connecting to postgres %s: %s", config.RedactURL(pg.URL), config.RedactError(err, pg.URL)), err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	var walLevel string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
+		return 0, classify(fmt.Errorf("reading wal_level: %w", err), err)
+	}
+	if walLevel != "logical" {
+		return 0, fault.Fatal(fmt.Errorf("postgres wal_level is %q, logical decoding needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart Postgres)", walLevel))
+	}
+	var role string
+	var super, repl bool
+	if err := conn.QueryRow(ctx, "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").Scan(&role, &super, &repl); err != nil {
+		return 0, classify(fmt.Errorf("reading role attributes: %w", err), err)
+	}
+	if !super && !repl {
+		return 0, fault.Fatal(fmt.Errorf("role %q lacks the REPLICATION privilege needed to stream changes (ALTER ROLE %s REPLICATION)", role, pgx.Identifier{role}.Sanitize()))
+	}
+
+	var updates bool
+	for _, t := range tables {
+		if err := checkTable(ctx, conn, t); err != nil {
+			return 0, err
+		}
+		updates = updates || t.OnUpdate == "error" || t.OnUpdate == "fatal"
+	}
+	if err := ensurePublication(ctx, conn, pg, tables, updates, log); err != nil {
+		return 0, err
+	}
+
+	st, err := ReadSlot(ctx, conn, pg.Slot)
+	if err != nil {
+		return 0, classify(err, err)
+	}
+	var db string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		return 0, classify(err, err)
+	}
+	switch {
+	case !st.Exists && !pg.CreateSlot:
+		return 0, fault.Fatal(fmt.Errorf("replication slot %q does not exist and postgres.create_slot is false (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'))", pg.Slot, pg.Slot))
+	case !st.Exists:
+		var lsn string
+		err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", pg.Slot).Scan(&lsn)
+		if err != nil {
+			return 0, classify(fmt.Errorf("creating replication slot %q: %w", pg.Slot, err), err)
+		}
+		l, _ := pglogrepl.ParseLSN(lsn)
+		log.Info().Str("slot", pg.Slot).Str("lsn", lsn).Msg("created replication slot; outbox rows committed from now on are relayed")
+		return l, nil
+	case st.Plugin != "pgoutput":
+		return 0, fault.Fatal(fmt.Errorf("replication slot %q uses plugin %q, the relay needs pgoutput: drop it or set postgres.slot to another name", pg.Slot, st.Plugin))
+	case st.Database != db:
+		return 0, fault.Fatal(fmt.Errorf("replication slot %q belongs to database %q, not %q: set postgres.slot to another name", pg.Slot, st.Database, db))
+	case st.WALStatus == "lost":
+		return 0, fault.Fatal(fmt.Errorf("%w: slot %q: Postgres removed WAL it still needed (max_slot_wal_keep_size), so outbox events committed while the relay was behind may be lost. The relay will not recreate the slot silently. To recover: compare the outbox table with Kafka to find missing events, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start the relay again to create a fresh one", ErrSlotLost, pg.Slot, pg.Slot))
+	}
+	return st.Confirmed, nil
+}
+
+func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table) error {
+	schema, name, err := config.SplitTable(t.Table)
+	if err != nil {
+		return fault.Fatal(err)
+	}
+	rows, err := conn.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+		FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
+	if err != nil {
+		return classify(fmt.Errorf("reading columns of %s: %w", t.Table, err), err)
+	}
+	cols, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var c [2]string
+		err := r.Scan(&c[0], &c[1])
+		return c, err
+	})
+	if err != nil {
+		return classify(fmt.Errorf("reading columns of %s: %w", t.Table, err), err)
+	}
+	if len(cols) == 0 {
+		return fault.Fatal(fmt.Errorf("outbox table %s does not exist (or the relay's role cannot see it)", t.Table))
+	}
+	have := map[string]bool{}
+	for _, c := range cols {
+		have[c[0]] = true
+	}
+	var missing []string
+	check := func(key, col string) {
+		if col != "" && !have[col] {
+			missing = append(missing, fmt.Sprintf("%q (outbox.columns.%s)", col, key))
+		}
+	}
+	check("id", t.Columns.ID)
+	check("key", t.Columns.Key)
+	check("payload", t.Columns.Payload)
+	check("route_by", t.Columns.RouteBy)
+	check("type", t.Columns.Type)
+	check("timestamp", t.Columns.Timestamp)
+	if t.PartitionColumn != "" && !have[t.PartitionColumn] {
+		missing = append(missing, fmt.Sprintf("%q (outbox.partition_column)", t.PartitionColumn))
+	}
+	if t.OnMissingColumn != "ignore" {
+		for col := range t.Headers {
+			if !have[col] {
+				missing = append(missing, fmt.Sprintf("%q (outbox.headers)", col))
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return fault.Fatal(fmt.Errorf("outbox table %s has no column %s", t.Table, strings.Join(missing, ", ")))
+	}
+	return nil
+}
+
+func quotedTable(t config.Table) string {
+	schema, name, _ := config.SplitTable(t.Table)
+	return pgx.Identifier{schema, name}.Sanitize()
+}
+
+func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, tables []config.Table, updates bool, log logger) error {
+	pub := pgx.Identifier{pg.Publication}.Sanitize()
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", pg.Publication).Scan(&exists); err != nil {
+		return classify(fmt.Errorf("reading publication %q: %w", pg.Publication, err), err)
+	}
+	if !exists {
+		if !pg.CreatePublication {
+			return fault.Fatal(fmt.Errorf("publication %q does not exist and postgres.create_publication is false: have the table owner run CREATE PUBLICATION %s FOR TABLE ... WITH (publish = 'insert')", pg.Publication, pub))
+		}
+		var names []string
+		for _, t := range tables {
+			names = append(names, quotedTable(t))
+		}
+		if len(names) == 0 {
+			// Only logical messages: they flow whatever the publication holds.
+			names = nil
+		}
+		publish := "insert"
+		if updates {
+			publish = "insert, update"
+		}
+		sql := "CREATE PUBLICATION " + pub
+		if len(names) > 0 {
+			sql += " FOR TABLE " + strings.Join(names, ", ")
+		}
+		sql += " WITH (publish = '" + publish + "')"
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return classify(fmt.Errorf("creating publication %q (%s): %w", pg.Publication, sql, err), err)
+		}
+		log.Info().Str("publication", pg.Publication).Str("sql", sql).Msg("created publication")
+		return nil
+	}
+	for _, t := range tables {
+		schema, name, _ := config.SplitTable(t.Table)
+		var in bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
+			pg.Publication, schema, name).Scan(&in)
+		if err != nil {
+			return classify(fmt.Errorf("reading publication %q: %w", pg.Publication, err), err)
+		}
+		if in {
+			continue
+		}
+		if !pg.CreatePublication {
+			return fault.Fatal(fmt.Errorf("outbox table %s is not in publication %q: ALTER PUBLICATION %s ADD TABLE %s", t.Table, pg.Publication, pub, quotedTable(t)))
+		}
+		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pub+" ADD TABLE "+quotedTable(t)); err != nil {
+			return classify(fmt.Errorf("adding %s to publication %q: %w", t.Table, pg.Publication, err), err)
+		}
+		log.Info().Str("publication", pg.Publication).Str("table", t.Table).Msg("added table to publication")
+	}
+	var pubinsert bool
+	if err := conn.QueryRow(ctx, "SELECT pubinsert FROM pg_publication WHERE pubname = $1", pg.Publication).Scan(&pubinsert); err != nil {
+		return classify(err, err)
+	}
+	if !pubinsert {
+		return fault.Fatal(fmt.Errorf("publication %q does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", pg.Publication, pub))
+	}
+	return nil
+}
+
+// classify marks Postgres errors that a retry cannot fix as fatal: bad
+// credentials, missing privileges or objects. Connection trouble stays
+// retryable. wrapped is returned, cause is inspected.
+func classify(wrapped, cause error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(cause, &pgErr) {
+		switch {
+		case strings.HasPrefix(pgErr.Code, "28"), // invalid authorization
+			pgErr.Code == "42501", // insufficient privilege
+			pgErr.Code == "3D000", // database does not exist
+			pgErr.Code == "42P01", pgErr.Code == "42704":
+			return fault.Fatal(wrapped)
+		}
+	}
+	return wrapped
+}

@@ -1,0 +1,292 @@
+// Package logrepl owns the logical replication connection: it streams pgoutput
+// from the relay's slot, hands decoded events downstream under the checkpoint
+// tracker's in-flight bound, and reports the confirmable LSN back to Postgres.
+//
+// One goroutine owns the connection and writes every standby status update,
+// because a write from elsewhere would race with the read deadlines that
+// ReceiveMessage sets. While that goroutine waits for in-flight capacity or for
+// the sink to take an event, it keeps sending status updates so the walsender
+// never times the connection out under backpressure.
+//
+// Idle outboxes must not pin WAL: when nothing is in flight and no transaction
+// is open, the position reported by keepalives (everything the walsender has
+// decoded so far) is confirmed, so WAL written by other tables is released.
+package logrepl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+
+	"github.com/relay-dev/relay/pkg/checkpoint"
+	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/decode"
+	"github.com/relay-dev/relay/pkg/fault"
+)
+
+type logger = *zerolog.Logger
+
+// ErrSlotActive means another connection (a second relay, or the previous
+// instance's backend not yet reaped) streams from the slot.
+var ErrSlotActive = errors.New("replication slot is active for another connection")
+
+// Stats are updated by the stream and read by metrics and health checks.
+type Stats struct {
+	ReceivedLSN  atomic.Uint64 // end of the newest WAL data received
+	ServerWALEnd atomic.Uint64 // from the newest keepalive
+	Streaming    atomic.Bool   // START_REPLICATION succeeded and the connection is up
+	LastProgress atomic.Int64  // unix nanos of the newest message received or status sent
+}
+
+// Stream is one replication session. Create it per connection attempt.
+type Stream struct {
+	PG       config.Postgres
+	Pipeline config.Pipeline
+	Decoder  *decode.Decoder
+	Tracker  *checkpoint.Tracker
+	Stats    *Stats
+	Log      zerolog.Logger
+
+	conn     *pgconn.PgConn
+	received pglogrepl.LSN
+	sentLSN  pglogrepl.LSN
+	nextStat time.Time
+}
+
+// Run streams until stop is done (then it finishes the open transaction, waits
+// up to the drain timeout for in-flight events to be acked, confirms and
+// returns nil) or until hard is done or an error occurs. It closes out on return.
+func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error {
+	defer close(out)
+	if s.Stats == nil {
+		s.Stats = &Stats{}
+	}
+	connURL, err := replicationURL(s.PG.URL)
+	if err != nil {
+		return fault.Fatal(err)
+	}
+	conn, err := pgconn.Connect(hard, connURL)
+	if err != nil {
+		return classify(fmt.Errorf("replication connection to %s: %s", config.RedactURL(s.PG.URL), config.RedactError(err, s.PG.URL)), err)
+	}
+	s.conn = conn
+	defer func() {
+		s.Stats.Streaming.Store(false)
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(hard), 2*time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+
+	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", escapeLiteral(s.PG.Publication)), "messages 'true'"}
+	err = pglogrepl.StartReplication(hard, conn, s.PG.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+			return fmt.Errorf("%w: %s", ErrSlotActive, pgErr.Message)
+		}
+		return classify(fmt.Errorf("START_REPLICATION on slot %q: %w", s.PG.Slot, err), err)
+	}
+	s.Stats.Streaming.Store(true)
+	s.received = pglogrepl.LSN(s.Tracker.Confirmed())
+	s.Stats.ReceivedLSN.Store(uint64(s.received))
+	s.touch()
+	s.Log.Info().Str("slot", s.PG.Slot).Stringer("from", pglogrepl.LSN(s.Tracker.Confirmed())).Msg("streaming from replication slot")
+
+	inTxn := false
+	for {
+		if stop.Err() != nil && !inTxn {
+			return s.drain(hard)
+		}
+		if err := s.maybeStatus(false); err != nil {
+			return err
+		}
+		recvCtx, cancel := context.WithDeadline(hard, s.nextStat)
+		msg, err := conn.ReceiveMessage(recvCtx)
+		cancel()
+		if err != nil {
+			if hard.Err() != nil {
+				return hard.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return classify(fmt.Errorf("replication stream: %w", err), err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parsing keepalive: %w", err)
+				}
+				s.Stats.ServerWALEnd.Store(uint64(ka.ServerWALEnd))
+				if !inTxn {
+					// Everything the walsender decoded before this keepalive
+					// has reached us; with nothing in flight it is safe to
+					// confirm, which is what releases WAL of busy other tables.
+					s.Tracker.AdvanceIdle(uint64(ka.ServerWALEnd))
+				}
+				if err := s.maybeStatus(ka.ReplyRequested); err != nil {
+					return err
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parsing XLogData: %w", err)
+				}
+				if end := xld.WALStart + pglogrepl.LSN(len(xld.WALData)); end > s.received {
+					s.received = end
+					s.Stats.ReceivedLSN.Store(uint64(end))
+				}
+				res, err := s.Decoder.Decode(xld.WALData)
+				if err != nil {
+					return fault.Fatal(fmt.Errorf("decoding WAL at %s: %w", xld.WALStart, err))
+				}
+				switch res.Kind {
+				case decode.KindBegin:
+					inTxn = true
+				case decode.KindCommit:
+					inTxn = false
+					s.Tracker.Commit(res.LSN, res.CommitTime)
+				case decode.KindEvent:
+					if err := s.handOver(hard, res.Event, out); err != nil {
+						return err
+					}
+				}
+			}
+			s.touch()
+		case *pgproto3.ErrorResponse:
+			pgErr := pgconn.ErrorResponseToPgError(msg)
+			return classify(fmt.Errorf("replication stream: %w", pgErr), pgErr)
+		case *pgproto3.CopyDone:
+			return errors.New("replication stream: server ended the copy")
+		}
+	}
+}
+
+// handOver reserves in-flight capacity for ev and passes it to the sink,
+// keeping status updates flowing while it waits.
+func (s *Stream) handOver(hard context.Context, ev *decode.Event, out chan<- *decode.Event) error {
+	size := ev.Size()
+	for {
+		seq, ok := s.Tracker.TryReserve(size)
+		if ok {
+			ev.Seq = seq
+			break
+		}
+		if err := s.wait(hard, s.Tracker.Space()); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case out <- ev:
+			return nil
+		default:
+		}
+		timer := time.NewTimer(time.Until(s.nextStat))
+		select {
+		case out <- ev:
+			timer.Stop()
+			return nil
+		case <-timer.C:
+			if err := s.maybeStatus(false); err != nil {
+				return err
+			}
+		case <-hard.Done():
+			timer.Stop()
+			return hard.Err()
+		}
+	}
+}
+
+// wait blocks until ch fires, sending status updates when they are due.
+func (s *Stream) wait(hard context.Context, ch <-chan struct{}) error {
+	timer := time.NewTimer(time.Until(s.nextStat))
+	defer timer.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-timer.C:
+		return s.maybeStatus(false)
+	case <-hard.Done():
+		return hard.Err()
+	}
+}
+
+// drain waits for every event handed over to be acked, bounded by the drain
+// timeout, then reports the final position.
+func (s *Stream) drain(hard context.Context) error {
+	deadline := time.Now().Add(s.Pipeline.DrainTimeout)
+	s.Log.Info().Int("inflight", s.Tracker.Stats().InflightEvents).Msg("stopping: waiting for in-flight events to be acknowledged")
+	for !s.Tracker.Idle() {
+		if time.Now().After(deadline) {
+			st := s.Tracker.Stats()
+			s.Log.Warn().Int("inflight", st.InflightEvents).Dur("drain_timeout", s.Pipeline.DrainTimeout).
+				Msg("drain timeout: unacknowledged events will be sent again after restart")
+			break
+		}
+		dctx, cancel := context.WithDeadline(hard, deadline)
+		err := s.wait(dctx, s.Tracker.Space())
+		cancel()
+		if err != nil && hard.Err() != nil {
+			return hard.Err()
+		}
+	}
+	if err := s.sendStatus(false); err != nil {
+		return err
+	}
+	// CopyDone makes the walsender process our final status before it ends
+	// the stream, so the confirmed position is in place when we return.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(hard), 5*time.Second)
+	defer cancel()
+	if _, err := pglogrepl.SendStandbyCopyDone(ctx, s.conn); err != nil {
+		s.Log.Debug().Err(err).Msg("ending replication stream")
+	}
+	s.Log.Info().Stringer("confirmed", pglogrepl.LSN(s.Tracker.Confirmed())).Msg("stopped cleanly")
+	return nil
+}
+
+func (s *Stream) maybeStatus(force bool) error {
+	if !force && time.Now().Before(s.nextStat) {
+		return nil
+	}
+	return s.sendStatus(false)
+}
+
+func (s *Stream) sendStatus(reply bool) error {
+	confirmed := pglogrepl.LSN(s.Tracker.Confirmed())
+	write := s.received
+	if write < confirmed {
+		write = confirmed
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: write,
+		WALFlushPosition: confirmed,
+		WALApplyPosition: confirmed,
+		ReplyRequested:   reply,
+	})
+	if err != nil {
+		return fmt.Errorf("sending standby status: %w", err)
+	}
+	if confirmed != s.sentLSN {
+		s.Log.Debug().Stringer("confirmed", confirmed).Msg("confirmed position")
+		s.sentLSN = confirmed
+	}
+	s.nextStat = time.Now().Add(s.Pipeline.StatusInterval)
+	s.touch()
+	return nil
+}
+
+func (s *Stream) touch() { s.Stats.LastProgress.Store(time.Now().UnixNano()) }

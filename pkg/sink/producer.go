@@ -1,0 +1,336 @@
+package sink
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/rs/zerolog"
+
+	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/decode"
+	"github.com/relay-dev/relay/pkg/fault"
+)
+
+// Acker receives the sequence number of every event Kafka acknowledged.
+type Acker interface {
+	Ack(seq uint64)
+}
+
+// Observer is told about publishing outcomes, for metrics. It may be nil.
+type Observer interface {
+	Published(ev *decode.Event, latency time.Duration)
+	PublishError(reason string)
+}
+
+// Producer publishes events with a sarama AsyncProducer configured for
+// at-least-once delivery in order per partition: acks=all, idempotence, one
+// request in flight per broker and retries for as long as the process lives.
+type Producer struct {
+	ap  sarama.AsyncProducer
+	ack Acker
+	obs Observer
+	log zerolog.Logger
+}
+
+// item carries an event through sarama. Embedding the message in one struct
+// with the event means one allocation per record, and Metadata points back to it
+// without boxing.
+type item struct {
+	msg  sarama.ProducerMessage
+	ev   *decode.Event
+	sent time.Time
+}
+
+// SaramaConfig builds the producer configuration from the relay's Kafka config.
+func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
+	sc := sarama.NewConfig()
+	v, err := sarama.ParseKafkaVersion(k.Version)
+	if err != nil {
+		return nil, fault.Fatal(fmt.Errorf("kafka.version: %w", err))
+	}
+	if !v.IsAtLeast(sarama.V0_11_0_0) {
+		return nil, fault.Fatal(fmt.Errorf("kafka.version: %s is too old: headers and idempotence need 0.11 or later", k.Version))
+	}
+	sc.Version = v
+	sc.ClientID = k.ClientID
+	sc.Producer.RequiredAcks = sarama.WaitForAll
+	sc.Producer.Idempotent = true
+	sc.Net.MaxOpenRequests = 1
+	sc.Producer.Retry.Max = math.MaxInt32
+	sc.Producer.Retry.BackoffFunc = func(retries, _ int) time.Duration {
+		d := 50 * time.Millisecond << min(retries, 5)
+		return min(d, time.Second)
+	}
+	sc.Producer.Return.Successes = true
+	sc.Producer.Return.Errors = true
+	sc.Producer.MaxMessageBytes = k.MaxMessageBytes
+	sc.Producer.Timeout = 10 * time.Second
+	sc.ChannelBufferSize = 4096
+	sc.Metadata.Full = false
+	sc.Metadata.Retry.Max = 10
+	sc.Metadata.Retry.Backoff = 500 * time.Millisecond
+	switch k.Partitioner {
+	case "fnv1a":
+		sc.Producer.Partitioner = explicitOr(sarama.NewHashPartitioner)
+	case "random":
+		sc.Producer.Partitioner = explicitOr(sarama.NewRandomPartitioner)
+	default:
+		sc.Producer.Partitioner = explicitOr(NewMurmur2Partitioner)
+	}
+	switch k.Compression {
+	case "gzip":
+		sc.Producer.Compression = sarama.CompressionGZIP
+	case "snappy":
+		sc.Producer.Compression = sarama.CompressionSnappy
+	case "lz4":
+		sc.Producer.Compression = sarama.CompressionLZ4
+	case "zstd":
+		sc.Producer.Compression = sarama.CompressionZSTD
+	}
+	if k.TLS.Enabled {
+		tc, err := tlsConfig(k.TLS)
+		if err != nil {
+			return nil, fault.Fatal(err)
+		}
+		sc.Net.TLS.Enable = true
+		sc.Net.TLS.Config = tc
+	}
+	if k.SASL.Mechanism != "" {
+		if err := configureSASL(sc, k.SASL); err != nil {
+			return nil, fault.Fatal(err)
+		}
+	}
+	if err := sc.Validate(); err != nil {
+		return nil, fault.Fatal(fmt.Errorf("kafka producer config: %w", err))
+	}
+	return sc, nil
+}
+
+func tlsConfig(t config.TLS) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("kafka.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("kafka.tls.ca_file: %s holds no PEM certificate", t.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("kafka.tls.cert_file/key_file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// explicitOr honours an explicit partition (from partition_column), marked by
+// a non-negative msg.Partition, and otherwise defers to the given partitioner.
+func explicitOr(next sarama.PartitionerConstructor) sarama.PartitionerConstructor {
+	return func(topic string) sarama.Partitioner {
+		return explicitPartitioner{next: next(topic)}
+	}
+}
+
+type explicitPartitioner struct{ next sarama.Partitioner }
+
+func (p explicitPartitioner) Partition(msg *sarama.ProducerMessage, n int32) (int32, error) {
+	if it, ok := msg.Metadata.(*item); ok && it.ev.Partition >= 0 {
+		if it.ev.Partition >= n {
+			return 0, fmt.Errorf("event %s of %s: partition_column value %d but topic %s has %d partitions",
+				it.ev.ID, it.ev.Table, it.ev.Partition, msg.Topic, n)
+		}
+		return it.ev.Partition, nil
+	}
+	return p.next.Partition(msg, n)
+}
+
+func (p explicitPartitioner) RequiresConsistency() bool { return true }
+
+// NewProducer connects to the brokers. Failing to reach them is retryable.
+func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*Producer, error) {
+	sc, err := SaramaConfig(k)
+	if err != nil {
+		return nil, err
+	}
+	ap, err := sarama.NewAsyncProducer(k.Brokers, sc)
+	if err != nil {
+		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
+	}
+	return &Producer{ap: ap, ack: ack, obs: obs, log: log}, nil
+}
+
+var (
+	keyBytes = map[string][]byte{"id": []byte("id"), "type": []byte("type")}
+)
+
+func headerKey(k string) []byte {
+	if b, ok := keyBytes[k]; ok {
+		return b
+	}
+	return []byte(k)
+}
+
+// Run publishes events from in until in is closed and every event sent is
+// acknowledged, or until ctx ends (abandoning what is in flight: the slot was
+// not confirmed past it, so it is sent again after a restart). Each acked
+// event's sequence number goes to the Acker. A failed event ends Run with an
+// error: retrying it here could reorder it behind later events of its key.
+func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		inflight int
+		closed   bool
+		done     = make(chan struct{})
+		failure  = make(chan error, 1)
+	)
+	settle := func() {
+		mu.Lock()
+		inflight--
+		if closed && inflight == 0 {
+			close(done)
+		}
+		mu.Unlock()
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for msg := range p.ap.Successes() {
+			it := msg.Metadata.(*item)
+			p.ack.Ack(it.ev.Seq)
+			if p.obs != nil {
+				p.obs.Published(it.ev, time.Since(it.sent))
+			}
+			settle()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for perr := range p.ap.Errors() {
+			it := perr.Msg.Metadata.(*item)
+			err := classify(fmt.Errorf("publishing event %s of %s to topic %s: %w", it.ev.ID, it.ev.Table, it.ev.Topic, perr.Err))
+			if p.obs != nil {
+				p.obs.PublishError(reason(perr.Err))
+			}
+			select {
+			case failure <- err:
+			default:
+			}
+			settle()
+		}
+	}()
+	defer func() {
+		p.ap.AsyncClose()
+		// sarama retries what it holds for as long as we asked it to, so with
+		// the broker away closing could take forever. Whatever is left is
+		// unconfirmed and will be sent again after the restart.
+		closed := make(chan struct{})
+		go func() { wg.Wait(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			p.log.Warn().Msg("kafka producer did not close within 5s; abandoning its unacknowledged events (they will be sent again)")
+		}
+	}()
+
+	input := p.ap.Input()
+	var runErr error
+loop:
+	for {
+		select {
+		case ev, ok := <-in:
+			if !ok {
+				mu.Lock()
+				closed = true
+				if inflight == 0 {
+					close(done)
+				}
+				mu.Unlock()
+				break loop
+			}
+			it := &item{ev: ev, sent: time.Now()}
+			it.msg = sarama.ProducerMessage{
+				Topic:     ev.Topic,
+				Timestamp: ev.Timestamp,
+				Metadata:  it,
+			}
+			if ev.Key != nil {
+				it.msg.Key = sarama.ByteEncoder(ev.Key)
+			}
+			if ev.Value != nil {
+				it.msg.Value = sarama.ByteEncoder(ev.Value)
+			}
+			if len(ev.Headers) > 0 {
+				it.msg.Headers = make([]sarama.RecordHeader, len(ev.Headers))
+				for i, h := range ev.Headers {
+					it.msg.Headers[i] = sarama.RecordHeader{Key: headerKey(h.Key), Value: h.Value}
+				}
+			}
+			mu.Lock()
+			inflight++
+			mu.Unlock()
+			select {
+			case input <- &it.msg:
+			case runErr = <-failure:
+				break loop
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case runErr = <-failure:
+			break loop
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if runErr != nil {
+		return runErr
+	}
+	select {
+	case <-done:
+		return nil
+	case err := <-failure:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// classify marks errors that retrying cannot fix as fatal.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, sarama.ErrMessageSizeTooLarge), errors.Is(err, sarama.ErrMessageTooLarge):
+		return fault.Fatal(fmt.Errorf("%w (raise kafka.max_message_bytes and the topic's max.message.bytes, or shrink the event)", err))
+	case errors.Is(err, sarama.ErrSASLAuthenticationFailed), errors.Is(err, sarama.ErrTopicAuthorizationFailed),
+		errors.Is(err, sarama.ErrClusterAuthorizationFailed), errors.Is(err, sarama.ErrInvalidTopic):
+		return fault.Fatal(err)
+	}
+	return err
+}
+
+func reason(err error) string {
+	var kerr sarama.KError
+	if errors.As(err, &kerr) {
+		return kerr.Error()
+	}
+	switch {
+	case errors.Is(err, sarama.ErrOutOfBrokers):
+		return "out_of_brokers"
+	case errors.Is(err, sarama.ErrMessageTooLarge):
+		return "message_too_large"
+	}
+	return "other"
+}
