@@ -71,25 +71,16 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
-	var walLevel string
-	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
-		return 0, classify(fmt.Errorf("reading wal_level: %w", err), err)
+	if err := CheckWALLevel(ctx, conn); err != nil {
+		return 0, err
 	}
-	if walLevel != "logical" {
-		return 0, fault.Fatal(fmt.Errorf("postgres wal_level is %q, logical decoding needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart Postgres)", walLevel))
-	}
-	var role string
-	var super, repl bool
-	if err := conn.QueryRow(ctx, "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").Scan(&role, &super, &repl); err != nil {
-		return 0, classify(fmt.Errorf("reading role attributes: %w", err), err)
-	}
-	if !super && !repl {
-		return 0, fault.Fatal(fmt.Errorf("role %q lacks the REPLICATION privilege needed to stream changes (ALTER ROLE %s REPLICATION)", role, pgx.Identifier{role}.Sanitize()))
+	if err := CheckRole(ctx, conn); err != nil {
+		return 0, err
 	}
 
 	var updates bool
 	for _, t := range tables {
-		if err := checkTable(ctx, conn, t); err != nil {
+		if _, err := CheckTable(ctx, conn, t); err != nil {
 			return 0, err
 		}
 		updates = updates || t.OnUpdate == "error" || t.OnUpdate == "fatal"
@@ -106,10 +97,10 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
 		return 0, classify(err, err)
 	}
-	switch {
-	case !st.Exists && !pg.CreateSlot:
-		return 0, fault.Fatal(fmt.Errorf("replication slot %q does not exist and postgres.create_slot is false (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'))", pg.Slot, pg.Slot))
-	case !st.Exists:
+	if err := CheckSlot(st, pg, db); err != nil {
+		return 0, err
+	}
+	if !st.Exists {
 		var lsn string
 		err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", pg.Slot).Scan(&lsn)
 		if err != nil {
@@ -118,26 +109,68 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 		l, _ := pglogrepl.ParseLSN(lsn)
 		log.Info().Str("slot", pg.Slot).Str("lsn", lsn).Msg("created replication slot; outbox rows committed from now on are relayed")
 		return l, nil
-	case st.Plugin != "pgoutput":
-		return 0, fault.Fatal(fmt.Errorf("replication slot %q uses plugin %q, the relay needs pgoutput: drop it or set postgres.slot to another name", pg.Slot, st.Plugin))
-	case st.Database != db:
-		return 0, fault.Fatal(fmt.Errorf("replication slot %q belongs to database %q, not %q: set postgres.slot to another name", pg.Slot, st.Database, db))
-	case st.WALStatus == "lost":
-		return 0, fault.Fatal(fmt.Errorf("%w: slot %q: Postgres removed WAL it still needed (max_slot_wal_keep_size), so outbox events committed while the relay was behind may be lost. The relay will not recreate the slot silently. To recover: compare the outbox table with Kafka to find missing events, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start the relay again to create a fresh one", ErrSlotLost, pg.Slot, pg.Slot))
 	}
 	return st.Confirmed, nil
 }
 
-func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table) error {
+// The checks below are shared by Prepare and `relay check`, so the start-up
+// refusal and the checklist always agree. Each error names the fix.
+
+// CheckWALLevel fails unless wal_level is logical.
+func CheckWALLevel(ctx context.Context, conn *pgx.Conn) error {
+	var walLevel string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
+		return classify(fmt.Errorf("reading wal_level: %w", err), err)
+	}
+	if walLevel != "logical" {
+		return fault.Fatal(fmt.Errorf("postgres wal_level is %q, logical decoding needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart Postgres)", walLevel))
+	}
+	return nil
+}
+
+// CheckRole fails unless the connected role may stream changes.
+func CheckRole(ctx context.Context, conn *pgx.Conn) error {
+	var role string
+	var super, repl bool
+	if err := conn.QueryRow(ctx, "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").Scan(&role, &super, &repl); err != nil {
+		return classify(fmt.Errorf("reading role attributes: %w", err), err)
+	}
+	if !super && !repl {
+		return fault.Fatal(fmt.Errorf("role %q lacks the REPLICATION privilege needed to stream changes (ALTER ROLE %s REPLICATION)", role, pgx.Identifier{role}.Sanitize()))
+	}
+	return nil
+}
+
+// CheckSlot reports what in the slot's state stops the relay. A missing slot
+// is fine when the relay may create it.
+func CheckSlot(st SlotState, pg config.Postgres, db string) error {
+	switch {
+	case !st.Exists && !pg.CreateSlot:
+		return fault.Fatal(fmt.Errorf("replication slot %q does not exist and postgres.create_slot is false (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'))", pg.Slot, pg.Slot))
+	case !st.Exists:
+		return nil
+	case st.Plugin != "pgoutput":
+		return fault.Fatal(fmt.Errorf("replication slot %q uses plugin %q, the relay needs pgoutput: drop it or set postgres.slot to another name", pg.Slot, st.Plugin))
+	case st.Database != db:
+		return fault.Fatal(fmt.Errorf("replication slot %q belongs to database %q, not %q: set postgres.slot to another name", pg.Slot, st.Database, db))
+	case st.WALStatus == "lost":
+		return fault.Fatal(fmt.Errorf("%w: slot %q: Postgres removed WAL it still needed (max_slot_wal_keep_size), so outbox events committed while the relay was behind may be lost. The relay will not recreate the slot silently. To recover: compare the outbox table with Kafka to find missing events, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start the relay again to create a fresh one", ErrSlotLost, pg.Slot, pg.Slot))
+	}
+	return nil
+}
+
+// CheckTable fails unless the outbox table exists with every mapped column.
+// It returns the table's columns and their types (format_type).
+func CheckTable(ctx context.Context, conn *pgx.Conn, t config.Table) (map[string]string, error) {
 	schema, name, err := config.SplitTable(t.Table)
 	if err != nil {
-		return fault.Fatal(err)
+		return nil, fault.Fatal(err)
 	}
 	rows, err := conn.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 		FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
 	if err != nil {
-		return classify(fmt.Errorf("reading columns of %s: %w", t.Table, err), err)
+		return nil, classify(fmt.Errorf("reading columns of %s: %w", t.Table, err), err)
 	}
 	cols, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
 		var c [2]string
@@ -145,18 +178,18 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table) error {
 		return c, err
 	})
 	if err != nil {
-		return classify(fmt.Errorf("reading columns of %s: %w", t.Table, err), err)
+		return nil, classify(fmt.Errorf("reading columns of %s: %w", t.Table, err), err)
 	}
 	if len(cols) == 0 {
-		return fault.Fatal(fmt.Errorf("outbox table %s does not exist (or the relay's role cannot see it)", t.Table))
+		return nil, fault.Fatal(fmt.Errorf("outbox table %s does not exist (or the relay's role cannot see it)", t.Table))
 	}
-	have := map[string]bool{}
+	have := map[string]string{}
 	for _, c := range cols {
-		have[c[0]] = true
+		have[c[0]] = c[1]
 	}
 	var missing []string
 	check := func(key, col string) {
-		if col != "" && !have[col] {
+		if _, ok := have[col]; col != "" && !ok {
 			missing = append(missing, fmt.Sprintf("%q (outbox.columns.%s)", col, key))
 		}
 	}
@@ -166,20 +199,20 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t config.Table) error {
 	check("route_by", t.Columns.RouteBy)
 	check("type", t.Columns.Type)
 	check("timestamp", t.Columns.Timestamp)
-	if t.PartitionColumn != "" && !have[t.PartitionColumn] {
+	if _, ok := have[t.PartitionColumn]; t.PartitionColumn != "" && !ok {
 		missing = append(missing, fmt.Sprintf("%q (outbox.partition_column)", t.PartitionColumn))
 	}
 	if t.OnMissingColumn != "ignore" {
 		for col := range t.Headers {
-			if !have[col] {
+			if _, ok := have[col]; !ok {
 				missing = append(missing, fmt.Sprintf("%q (outbox.headers)", col))
 			}
 		}
 	}
 	if len(missing) > 0 {
-		return fault.Fatal(fmt.Errorf("outbox table %s has no column %s", t.Table, strings.Join(missing, ", ")))
+		return have, fault.Fatal(fmt.Errorf("outbox table %s has no column %s", t.Table, strings.Join(missing, ", ")))
 	}
-	return nil
+	return have, nil
 }
 
 func quotedTable(t config.Table) string {
@@ -189,11 +222,11 @@ func quotedTable(t config.Table) string {
 
 func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, tables []config.Table, updates bool, log logger) error {
 	pub := pgx.Identifier{pg.Publication}.Sanitize()
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", pg.Publication).Scan(&exists); err != nil {
-		return classify(fmt.Errorf("reading publication %q: %w", pg.Publication, err), err)
+	ps, err := ReadPublication(ctx, conn, pg.Publication, tables)
+	if err != nil {
+		return err
 	}
-	if !exists {
+	if !ps.Exists {
 		if !pg.CreatePublication {
 			return fault.Fatal(fmt.Errorf("publication %q does not exist and postgres.create_publication is false: have the table owner run CREATE PUBLICATION %s FOR TABLE ... WITH (publish = 'insert')", pg.Publication, pub))
 		}
@@ -220,17 +253,7 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 		log.Info().Str("publication", pg.Publication).Str("sql", sql).Msg("created publication")
 		return nil
 	}
-	for _, t := range tables {
-		schema, name, _ := config.SplitTable(t.Table)
-		var in bool
-		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
-			pg.Publication, schema, name).Scan(&in)
-		if err != nil {
-			return classify(fmt.Errorf("reading publication %q: %w", pg.Publication, err), err)
-		}
-		if in {
-			continue
-		}
+	for _, t := range ps.Missing {
 		if !pg.CreatePublication {
 			return fault.Fatal(fmt.Errorf("outbox table %s is not in publication %q: ALTER PUBLICATION %s ADD TABLE %s", t.Table, pg.Publication, pub, quotedTable(t)))
 		}
@@ -239,14 +262,43 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 		}
 		log.Info().Str("publication", pg.Publication).Str("table", t.Table).Msg("added table to publication")
 	}
-	var pubinsert bool
-	if err := conn.QueryRow(ctx, "SELECT pubinsert FROM pg_publication WHERE pubname = $1", pg.Publication).Scan(&pubinsert); err != nil {
-		return classify(err, err)
-	}
-	if !pubinsert {
+	if !ps.Inserts {
 		return fault.Fatal(fmt.Errorf("publication %q does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", pg.Publication, pub))
 	}
 	return nil
+}
+
+// PublicationState is what pg_publication says about the relay's publication.
+type PublicationState struct {
+	Exists  bool
+	Inserts bool           // publishes inserts
+	Missing []config.Table // outbox tables not in the publication
+}
+
+// ReadPublication reads the publication's state on a regular connection.
+func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []config.Table) (PublicationState, error) {
+	var ps PublicationState
+	err := conn.QueryRow(ctx, "SELECT pubinsert FROM pg_publication WHERE pubname = $1", name).Scan(&ps.Inserts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ps, nil
+	}
+	if err != nil {
+		return ps, classify(fmt.Errorf("reading publication %q: %w", name, err), err)
+	}
+	ps.Exists = true
+	for _, t := range tables {
+		schema, table, _ := config.SplitTable(t.Table)
+		var in bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
+			name, schema, table).Scan(&in)
+		if err != nil {
+			return ps, classify(fmt.Errorf("reading publication %q: %w", name, err), err)
+		}
+		if !in {
+			ps.Missing = append(ps.Missing, t)
+		}
+	}
+	return ps, nil
 }
 
 // classify marks Postgres errors that a retry cannot fix as fatal: bad
