@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"sync"
 	"time"
@@ -64,7 +63,10 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	sc.Producer.RequiredAcks = sarama.WaitForAll
 	sc.Producer.Idempotent = true
 	sc.Net.MaxOpenRequests = 1
-	sc.Producer.Retry.Max = math.MaxInt32
+	// sarama allocates retry state per partition proportional to Retry.Max, so
+	// "forever" is a bounded count here; when a record exhausts it the pipeline
+	// restarts from the slot, which keeps retrying for as long as we live.
+	sc.Producer.Retry.Max = 120
 	sc.Producer.Retry.BackoffFunc = func(retries, _ int) time.Duration {
 		d := 50 * time.Millisecond << min(retries, 5)
 		return min(d, time.Second)

@@ -1,0 +1,108 @@
+// Command relay publishes transactional outbox rows from Postgres logical
+// replication to Kafka, at least once and in commit order per key.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/pipeline"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `relay publishes transactional outbox rows from Postgres to Kafka.
+
+Usage:
+  relay run --config FILE     run the relay (config keys can also come from RELAY_* env vars)
+  relay dev                   run end to end on a throwaway Postgres and an embedded Kafka broker
+  relay version               print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(ctx, args[1:], stderr)
+	case "dev":
+		err = cmdDev(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "relay", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "relay: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 2
+		}
+		fmt.Fprintf(stderr, "relay: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		return 1
+	}
+	return 0
+}
+
+func newLogger(l config.Log, w io.Writer) zerolog.Logger {
+	level, err := zerolog.ParseLevel(l.Level)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	if l.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "path to relay.yaml (optional when configured through RELAY_* env vars)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	return serve(ctx, cfg, log)
+}
+
+// serve runs the pipeline with its HTTP endpoints until ctx is cancelled.
+func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+	p := pipeline.New(cfg, nil, log)
+	stopHTTP, err := startHTTP(cfg, p, log)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+	log.Info().Str("version", version).Str("postgres", config.RedactURL(cfg.Postgres.URL)).
+		Strs("brokers", cfg.Kafka.Brokers).Str("slot", cfg.Postgres.Slot).Msg("relay starting")
+	return p.Run(ctx)
+}
