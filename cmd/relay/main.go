@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/metrics"
 	"github.com/relay-dev/relay/pkg/pipeline"
 )
 
@@ -27,6 +28,8 @@ const usage = `relay publishes transactional outbox rows from Postgres to Kafka.
 
 Usage:
   relay run --config FILE     run the relay (config keys can also come from RELAY_* env vars)
+  relay check --config FILE   check the config, Postgres and Kafka; prints a checklist, exits non-zero on a problem
+  relay status --config FILE  print the slot's lag in bytes, confirmed LSN, active pid and wal_status
   relay dev                   run end to end on a throwaway Postgres and an embedded Kafka broker
   relay version               print the version
 `
@@ -48,6 +51,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(ctx, args[1:], stderr)
 	case "dev":
 		err = cmdDev(ctx, args[1:], stdout, stderr)
+	case "check":
+		return cmdCheck(ctx, args[1:], stdout, stderr)
+	case "status":
+		err = cmdStatus(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "relay", version)
 		return 0
@@ -96,8 +103,10 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 
 // serve runs the pipeline with its HTTP endpoints until ctx is cancelled.
 func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
-	p := pipeline.New(cfg, nil, log)
-	stopHTTP, err := startHTTP(cfg, p, log)
+	m := metrics.New(version)
+	p := pipeline.New(cfg, m, log)
+	m.Watch(p)
+	stopHTTP, err := startHTTP(cfg, p, m, log)
 	if err != nil {
 		return err
 	}

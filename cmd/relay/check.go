@@ -1,0 +1,426 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/logrepl"
+	"github.com/relay-dev/relay/pkg/metrics"
+	"github.com/relay-dev/relay/pkg/sink"
+)
+
+// checkTimeout bounds each network step of `relay check` so an unreachable
+// host yields a ✗ line rather than a hang.
+const checkTimeout = 10 * time.Second
+
+// checklist prints one line per check. Warnings (!) point at risks that do not
+// stop the relay and leave the exit status alone.
+type checklist struct {
+	w      io.Writer
+	failed int
+}
+
+func (c *checklist) ok(what, detail string) { fmt.Fprintf(c.w, "✓ %s: %s\n", what, detail) }
+
+func (c *checklist) fail(what, detail, fix string) {
+	c.failed++
+	fmt.Fprintf(c.w, "✗ %s: %s\n", what, detail)
+	if fix != "" {
+		fmt.Fprintf(c.w, "    fix: %s\n", fix)
+	}
+}
+
+func (c *checklist) warn(what, detail, fix string) {
+	fmt.Fprintf(c.w, "! %s: %s\n", what, detail)
+	if fix != "" {
+		fmt.Fprintf(c.w, "    fix: %s\n", fix)
+	}
+}
+
+func (c *checklist) skip(what, why string) { fmt.Fprintf(c.w, "- %s: skipped (%s)\n", what, why) }
+
+// cmdCheck validates the configuration and the environment the relay would
+// run in, and returns the exit status: 0 when nothing failed.
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "path to relay.yaml (optional when configured through RELAY_* env vars)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	c := &checklist{w: stdout}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		var verr *config.ValidationError
+		if errors.As(err, &verr) {
+			for _, p := range verr.Problems {
+				key, detail, _ := strings.Cut(p, ": ")
+				c.fail(key, detail, "")
+			}
+		} else {
+			c.fail("config", err.Error(), "")
+		}
+		fmt.Fprintf(stdout, "\n%d problem(s) in the configuration; fix them and run relay check again\n", c.failed)
+		return 1
+	}
+	name := *path
+	if name == "" {
+		name = "environment (RELAY_*)"
+	}
+	c.ok("config", name+" is valid")
+
+	checkPostgres(ctx, c, cfg)
+	checkKafka(c, cfg)
+
+	if c.failed > 0 {
+		fmt.Fprintf(stdout, "\n%d check(s) failed\n", c.failed)
+		return 1
+	}
+	fmt.Fprintln(stdout, "\nall checks passed")
+	return 0
+}
+
+func checkPostgres(ctx context.Context, c *checklist, cfg *config.Config) {
+	pg := cfg.Postgres
+	redact := func(err error) string { return config.RedactError(err, pg.URL) }
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, pg.URL)
+	if err != nil {
+		c.fail("postgres", fmt.Sprintf("cannot connect to %s: %s", config.RedactURL(pg.URL), redact(err)),
+			"check postgres.url (host, port, database, user, password or password_file, sslmode) and that pg_hba.conf admits this host")
+		c.skip("postgres checks", "no connection")
+		return
+	}
+	defer closeQuietly(conn)
+
+	var user, version, db string
+	if err := conn.QueryRow(cctx, "SELECT current_user, current_setting('server_version'), current_database()").Scan(&user, &version, &db); err != nil {
+		c.fail("postgres", "reading server details: "+redact(err), "")
+		return
+	}
+	c.ok("postgres", fmt.Sprintf("connected to %s as %s (PostgreSQL %s)", config.RedactURL(pg.URL), user, version))
+
+	if err := logrepl.CheckWALLevel(cctx, conn); err != nil {
+		c.fail("wal_level", redact(err), "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart Postgres")
+	} else {
+		c.ok("wal_level", "logical")
+	}
+	if err := logrepl.CheckRole(cctx, conn); err != nil {
+		c.fail("role", redact(err), fmt.Sprintf("as a superuser: ALTER ROLE %s REPLICATION", pgx.Identifier{user}.Sanitize()))
+	} else {
+		c.ok("role", fmt.Sprintf("%s may stream changes (REPLICATION or superuser)", user))
+	}
+
+	for i, t := range cfg.Outbox {
+		checkOutboxTable(cctx, c, conn, i, t, redact)
+	}
+	checkPublication(cctx, c, conn, cfg, redact)
+	checkSlot(cctx, c, conn, pg, db, redact)
+}
+
+func closeQuietly(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = conn.Close(ctx)
+}
+
+// Column types the decoder can turn into record parts. It reads every column
+// in its text form, so these are the types whose text form is what a consumer
+// expects: an id or key as written, a payload as JSON, text or raw bytes.
+var (
+	identTypes   = []string{"text", "character varying", "character", "name", "citext", "uuid"}
+	payloadTypes = []string{"jsonb", "json", "text", "character varying", "bytea"}
+	timeTypes    = []string{"timestamp with time zone", "timestamp without time zone"}
+	intTypes     = []string{"smallint", "integer", "bigint"}
+)
+
+// typeIn matches format_type output, which adds a length ("character
+// varying(255)") or a schema ("public.citext") to some types.
+func typeIn(typ string, allowed []string) bool {
+	base, _, _ := strings.Cut(typ, "(")
+	if i := strings.LastIndexByte(base, '.'); i >= 0 {
+		base = base[i+1:]
+	}
+	return slices.Contains(allowed, base)
+}
+
+func checkOutboxTable(ctx context.Context, c *checklist, conn *pgx.Conn, i int, t config.Table, redact func(error) string) {
+	what := "table " + t.Table
+	cols, err := logrepl.CheckTable(ctx, conn, t)
+	if err != nil {
+		fix := fmt.Sprintf("create the table, or point outbox[%d].table at it", i)
+		if cols != nil {
+			fix = fmt.Sprintf("add the column, or map outbox[%d].columns to existing ones", i)
+		}
+		c.fail(what, redact(err), fix)
+		return
+	}
+	var bad []string
+	need := func(key, col string, allowed []string, want string) {
+		if col == "" {
+			return
+		}
+		if typ := cols[col]; !typeIn(typ, allowed) {
+			bad = append(bad, fmt.Sprintf("column %q (outbox[%d].%s) is %s, needs %s", col, i, key, typ, want))
+		}
+	}
+	const ident = "text, varchar or uuid"
+	need("columns.id", t.Columns.ID, identTypes, ident)
+	need("columns.key", t.Columns.Key, identTypes, ident)
+	need("columns.route_by", t.Columns.RouteBy, identTypes, ident)
+	need("columns.type", t.Columns.Type, identTypes, ident)
+	need("columns.payload", t.Columns.Payload, payloadTypes, "jsonb, json, text, varchar or bytea")
+	need("columns.timestamp", t.Columns.Timestamp, timeTypes, "timestamptz or timestamp")
+	need("partition_column", t.PartitionColumn, intTypes, "smallint, integer or bigint")
+	if len(bad) > 0 {
+		c.fail(what, strings.Join(bad, "; "), "ALTER TABLE ... ALTER COLUMN ... TYPE ..., or map the key to a column of a usable type")
+		return
+	}
+	c.ok(what, fmt.Sprintf("columns id=%s key=%s payload=%s (%s) route_by=%s type=%s",
+		t.Columns.ID, t.Columns.Key, t.Columns.Payload, cols[t.Columns.Payload], t.Columns.RouteBy, t.Columns.Type))
+}
+
+func checkPublication(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *config.Config, redact func(error) string) {
+	pg := cfg.Postgres
+	what := "publication " + pg.Publication
+	ps, err := logrepl.ReadPublication(ctx, conn, pg.Publication, cfg.Outbox)
+	if err != nil {
+		c.fail(what, redact(err), "")
+		return
+	}
+	pub := pgx.Identifier{pg.Publication}.Sanitize()
+	var tables []string
+	for _, t := range cfg.Outbox {
+		tables = append(tables, t.Table)
+	}
+	switch {
+	case !ps.Exists && pg.CreatePublication:
+		c.ok(what, "does not exist yet; the relay creates it on start (postgres.create_publication: true) for "+strings.Join(tables, ", "))
+	case !ps.Exists:
+		c.fail(what, "does not exist and postgres.create_publication is false",
+			fmt.Sprintf("as the tables' owner: CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pub, strings.Join(tables, ", ")))
+	case !ps.Inserts:
+		c.fail(what, "does not publish inserts", fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert')", pub))
+	case len(ps.Missing) > 0:
+		var missing []string
+		for _, t := range ps.Missing {
+			missing = append(missing, t.Table)
+		}
+		if pg.CreatePublication {
+			c.ok(what, "exists; the relay adds "+strings.Join(missing, ", ")+" on start (postgres.create_publication: true)")
+		} else {
+			c.fail(what, "does not contain "+strings.Join(missing, ", "),
+				fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, strings.Join(missing, ", ")))
+		}
+	default:
+		c.ok(what, "exists, publishes inserts and contains every outbox table")
+	}
+}
+
+func checkSlot(ctx context.Context, c *checklist, conn *pgx.Conn, pg config.Postgres, db string, redact func(error) string) {
+	what := "slot " + pg.Slot
+	st, err := logrepl.ReadSlot(ctx, conn, pg.Slot)
+	if err != nil {
+		c.fail(what, redact(err), "")
+		return
+	}
+	var keep string
+	if err := conn.QueryRow(ctx, "SHOW max_slot_wal_keep_size").Scan(&keep); err != nil {
+		keep = "unknown (" + redact(err) + ")"
+	} else if keep == "-1" {
+		keep = "-1 (unlimited: a stopped relay makes Postgres keep WAL until the disk fills)"
+	}
+	if err := logrepl.CheckSlot(st, pg, db); err != nil {
+		c.fail(what, redact(err), "")
+		return
+	}
+	if !st.Exists {
+		c.ok(what, "does not exist yet; the relay creates it on start (postgres.create_slot: true); max_slot_wal_keep_size = "+keep)
+		return
+	}
+	active := "inactive"
+	if st.Active {
+		active = fmt.Sprintf("active pid %d (another relay streams from it; this one would wait as a hot standby)", st.ActivePID)
+	}
+	detail := fmt.Sprintf("plugin %s, %s, wal_status %s, confirmed_flush_lsn %s, max_slot_wal_keep_size = %s",
+		st.Plugin, active, st.WALStatus, st.Confirmed, keep)
+	if st.WALStatus == "unreserved" {
+		c.warn(what, detail+": the slot is about to lose WAL it needs", "start the relay now, or raise max_slot_wal_keep_size")
+		return
+	}
+	c.ok(what, detail)
+}
+
+func checkKafka(c *checklist, cfg *config.Config) {
+	sc, err := sink.SaramaConfig(cfg.Kafka)
+	if err != nil {
+		c.fail("kafka", err.Error(), "")
+		return
+	}
+	// Fail fast, and never create a topic by asking about it.
+	sc.Net.DialTimeout = checkTimeout
+	sc.Net.ReadTimeout = checkTimeout
+	sc.Metadata.Retry.Max = 1
+	sc.Metadata.AllowAutoTopicCreation = false
+	// Without a full refresh sarama connects lazily and NewClient would
+	// succeed against brokers it never reached.
+	sc.Metadata.Full = true
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, sc)
+	if err != nil {
+		c.fail("kafka", fmt.Sprintf("cannot reach brokers %v: %v", cfg.Kafka.Brokers, err),
+			"check kafka.brokers, the network path, and kafka.tls / kafka.sasl")
+		c.skip("kafka topics", "no connection")
+		return
+	}
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		client.Close()
+		c.fail("kafka", "creating admin client: "+err.Error(), "")
+		return
+	}
+	defer admin.Close() // closes client too
+	c.ok("kafka", fmt.Sprintf("connected to %v (%d broker(s) in the cluster)", cfg.Kafka.Brokers, len(client.Brokers())))
+
+	autoCreate, autoKnown := brokerAutoCreate(client, admin)
+
+	type route struct{ owner, topic string }
+	var fixed, templates []route
+	for i, t := range cfg.Outbox {
+		r := route{fmt.Sprintf("outbox[%d] (%s)", i, t.Table), t.Topic}
+		if strings.Contains(t.Topic, "${routedByValue}") {
+			templates = append(templates, r)
+		} else {
+			fixed = append(fixed, r)
+		}
+	}
+	for i, m := range cfg.Messages {
+		r := route{fmt.Sprintf("messages[%d] (prefix %s)", i, m.Prefix), m.Topic}
+		if strings.Contains(m.Topic, "${routedByValue}") {
+			templates = append(templates, r)
+		} else {
+			fixed = append(fixed, r)
+		}
+	}
+
+	if len(fixed) > 0 {
+		var names []string
+		for _, r := range fixed {
+			names = append(names, r.topic)
+		}
+		metas, err := admin.DescribeTopics(names)
+		if err != nil {
+			c.fail("kafka topics", "describing "+strings.Join(names, ", ")+": "+err.Error(), "")
+		} else {
+			found := map[string]*sarama.TopicMetadata{}
+			for _, m := range metas {
+				found[m.Name] = m
+			}
+			for _, r := range fixed {
+				what := "topic " + r.topic
+				m := found[r.topic]
+				switch {
+				case m != nil && m.Err == sarama.ErrNoError:
+					c.ok(what, fmt.Sprintf("exists with %d partition(s), used by %s", len(m.Partitions), r.owner))
+				case (m == nil || m.Err == sarama.ErrUnknownTopicOrPartition) && autoKnown && autoCreate:
+					c.ok(what, "does not exist yet; the broker creates it on first use (auto.create.topics.enable=true)")
+				case m == nil || m.Err == sarama.ErrUnknownTopicOrPartition:
+					c.fail(what, "does not exist (used by "+r.owner+")",
+						fmt.Sprintf("create it, e.g. kafka-topics.sh --create --topic %s --partitions N, or enable auto.create.topics.enable", r.topic))
+				default:
+					c.fail(what, m.Err.Error(), "grant the relay's principal Describe and Write on the topic")
+				}
+			}
+		}
+	}
+	for _, r := range templates {
+		what := "topics " + r.topic
+		switch {
+		case autoKnown && autoCreate:
+			c.ok(what, "created on first use (broker auto.create.topics.enable=true), used by "+r.owner)
+		case autoKnown:
+			c.warn(what, "the broker does not auto-create topics (auto.create.topics.enable=false)",
+				"create every topic this template produces before its first event is written, or events to a missing topic stop the relay")
+		default:
+			c.ok(what, "topics are created on first use if the broker allows (auto.create.topics.enable could not be read), used by "+r.owner)
+		}
+	}
+}
+
+// brokerAutoCreate reads auto.create.topics.enable from one broker; ok is
+// false when the broker does not say (old versions, ACLs, test brokers).
+func brokerAutoCreate(client sarama.Client, admin sarama.ClusterAdmin) (enabled, ok bool) {
+	brokers := client.Brokers()
+	if len(brokers) == 0 {
+		return false, false
+	}
+	entries, err := admin.DescribeConfig(sarama.ConfigResource{
+		Type:        sarama.BrokerResource,
+		Name:        strconv.Itoa(int(brokers[0].ID())),
+		ConfigNames: []string{"auto.create.topics.enable"},
+	})
+	if err != nil {
+		return false, false
+	}
+	for _, e := range entries {
+		if e.Name == "auto.create.topics.enable" {
+			return e.Value == "true", true
+		}
+	}
+	return false, false
+}
+
+// cmdStatus prints the slot's state for operators.
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "path to relay.yaml (optional when configured through RELAY_* env vars)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	pg := cfg.Postgres
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, pg.URL)
+	if err != nil {
+		return fmt.Errorf("connecting to postgres %s: %s", config.RedactURL(pg.URL), config.RedactError(err, pg.URL))
+	}
+	defer closeQuietly(conn)
+	st, err := logrepl.ReadSlot(cctx, conn, pg.Slot)
+	if err != nil {
+		return errors.New(config.RedactError(err, pg.URL))
+	}
+	if !st.Exists {
+		return fmt.Errorf("replication slot %q does not exist (the relay creates it on its first start)", pg.Slot)
+	}
+	lag, err := metrics.ReadSlotLag(cctx, conn, pg.Slot)
+	lagText := strconv.FormatInt(lag, 10)
+	if err != nil {
+		lagText = "unknown (" + config.RedactError(err, pg.URL) + ")"
+	}
+	pid := "none (inactive)"
+	if st.Active {
+		pid = strconv.Itoa(st.ActivePID)
+	}
+	fmt.Fprintf(stdout, "slot:          %s (plugin %s, database %s)\n", pg.Slot, st.Plugin, st.Database)
+	fmt.Fprintf(stdout, "lag_bytes:     %s\n", lagText)
+	fmt.Fprintf(stdout, "confirmed_lsn: %s\n", st.Confirmed)
+	fmt.Fprintf(stdout, "active_pid:    %s\n", pid)
+	fmt.Fprintf(stdout, "wal_status:    %s\n", st.WALStatus)
+	return nil
+}
