@@ -74,10 +74,23 @@ func (m *Metrics) SampleSlotLag(ctx context.Context, pg config.Postgres, interva
 	var conn *pgx.Conn
 	defer func() { closeConn(conn) }()
 	var lastErr string
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
+	warned := false
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
 		err := m.sampleOnce(ctx, &conn, pg, interval)
+		next := interval
+		if errors.Is(err, ErrNoSlot) {
+			// The relay creates the slot moments after start; a quick
+			// retry on the open connection shows the lag from then on.
+			next = min(interval, time.Second)
+		}
+		timer.Reset(next)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -86,20 +99,18 @@ func (m *Metrics) SampleSlotLag(ctx context.Context, pg config.Postgres, interva
 			msg := config.RedactError(err, pg.URL)
 			if msg != lastErr {
 				ev := log.Warn()
-				if errors.Is(err, ErrNoSlot) {
+				warned = !errors.Is(err, ErrNoSlot)
+				if !warned {
 					ev = log.Debug()
 				}
 				ev.Str("error", msg).Str("slot", pg.Slot).Msg("cannot sample slot lag for relay_slot_lag_bytes; retrying")
 				lastErr = msg
 			}
 		case lastErr != "":
-			log.Info().Str("slot", pg.Slot).Msg("sampling slot lag again")
-			lastErr = ""
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+			if warned {
+				log.Info().Str("slot", pg.Slot).Msg("sampling slot lag again")
+			}
+			lastErr, warned = "", false
 		}
 	}
 }
