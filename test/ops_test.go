@@ -151,6 +151,21 @@ func TestOpsMetricsAndHealth(t *testing.T) {
 		t.Logf("idle: received_lsn=%.0f confirmed_lsn=%.0f slot_lag_bytes=%.0f", m["relay_received_lsn"], m["relay_confirmed_lsn"], m["relay_slot_lag_bytes"])
 	}
 
+	// A second relay on the same slot is a hot standby: alive, not streaming,
+	// and ready only when the probe accepts a standby.
+	addr2 := freeAddr(t)
+	e.startRelay(e.config(fmt.Sprintf("http:\n  listen: %q\n", addr2)))
+	waitFor(t, 30*time.Second, "the second relay to report itself a hot standby", func() bool {
+		code, _, err := httpGet("http://" + addr2 + "/readyz?standby=ok")
+		return err == nil && code == 200
+	})
+	if code, body, err := httpGet("http://" + addr2 + "/readyz"); err != nil || code != 503 {
+		t.Errorf("standby /readyz = %d %q %v, want 503", code, body, err)
+	}
+	if code, body, err := httpGet("http://" + addr2 + "/healthz"); err != nil || code != 200 {
+		t.Errorf("standby /healthz = %d %q %v, want 200", code, body, err)
+	}
+
 	// relay status reads the same slot.
 	out, code := runRelay(t, e.config(""), "status")
 	t.Logf("relay status:\n%s", out)

@@ -58,6 +58,7 @@ func startHTTP(cfg *config.Config, p *pipeline.Pipeline, m *metrics.Metrics, log
 type readiness interface {
 	metrics.State
 	KafkaConnected() bool
+	Standby() bool
 }
 
 func healthMux(p readiness, watch *stallWatch, m *metrics.Metrics) *http.ServeMux {
@@ -71,6 +72,13 @@ func healthMux(p readiness, watch *stallWatch, m *metrics.Metrics) *http.ServeMu
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		streaming, kafka := p.Stream().Streaming.Load(), p.KafkaConnected()
+		// A hot standby never streams, so with plain /readyz a Deployment
+		// rollout would wait for it forever and a PodDisruptionBudget would
+		// never let the active pod go; ?standby=ok counts it as ready.
+		if !streaming && p.Standby() && r.URL.Query().Get("standby") == "ok" {
+			fmt.Fprintln(w, "ok: hot standby, waiting for the slot held by another relay")
+			return
+		}
 		if !streaming || !kafka {
 			http.Error(w, fmt.Sprintf("not ready: replication stream established=%t, kafka connected=%t", streaming, kafka), http.StatusServiceUnavailable)
 			return

@@ -14,14 +14,16 @@ import (
 )
 
 type fakePipeline struct {
-	tr    *checkpoint.Tracker
-	stats logrepl.Stats
-	kafka bool
+	tr      *checkpoint.Tracker
+	stats   logrepl.Stats
+	kafka   bool
+	standby bool
 }
 
 func (f *fakePipeline) Tracker() *checkpoint.Tracker { return f.tr }
 func (f *fakePipeline) Stream() *logrepl.Stats       { return &f.stats }
 func (f *fakePipeline) KafkaConnected() bool         { return f.kafka }
+func (f *fakePipeline) Standby() bool                { return f.standby }
 
 const limit = time.Minute
 
@@ -141,6 +143,17 @@ func TestEndpoints(t *testing.T) {
 
 	if code, body := get(t, mux, "/readyz"); code != 503 || !strings.Contains(body, "replication stream established=false, kafka connected=false") {
 		t.Errorf("/readyz before streaming = %d %q", code, body)
+	}
+	p.standby = true
+	if code, _ := get(t, mux, "/readyz"); code != 503 {
+		t.Errorf("/readyz for a standby = %d, want 503", code)
+	}
+	if code, body := get(t, mux, "/readyz?standby=ok"); code != 200 || !strings.Contains(body, "hot standby") {
+		t.Errorf("/readyz?standby=ok for a standby = %d %q", code, body)
+	}
+	p.standby = false
+	if code, _ := get(t, mux, "/readyz?standby=ok"); code != 503 {
+		t.Errorf("/readyz?standby=ok when neither streaming nor standby = %d, want 503", code)
 	}
 	p.stats.Streaming.Store(true)
 	p.kafka = true

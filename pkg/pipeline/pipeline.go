@@ -43,6 +43,7 @@ type Pipeline struct {
 	stats   logrepl.Stats
 	tracker atomic.Pointer[checkpoint.Tracker]
 	kafkaUp atomic.Bool
+	standby atomic.Bool
 }
 
 // New returns a pipeline for cfg.
@@ -59,6 +60,10 @@ func (p *Pipeline) Tracker() *checkpoint.Tracker { return p.tracker.Load() }
 // KafkaConnected reports whether the current attempt's producer connected.
 func (p *Pipeline) KafkaConnected() bool { return p.kafkaUp.Load() }
 
+// Standby reports whether the latest finished attempt found the slot held by
+// another connection: this relay is a hot standby.
+func (p *Pipeline) Standby() bool { return p.standby.Load() }
+
 // Run runs until stop is cancelled (clean stop, nil) or a fatal error.
 func (p *Pipeline) Run(stop context.Context) error {
 	const minBackoff = 250 * time.Millisecond
@@ -66,6 +71,7 @@ func (p *Pipeline) Run(stop context.Context) error {
 	for {
 		started := time.Now()
 		err := p.attempt(stop)
+		p.standby.Store(errors.Is(err, logrepl.ErrSlotActive))
 		if err == nil || (stop.Err() != nil && !fault.IsFatal(err)) {
 			return nil
 		}
