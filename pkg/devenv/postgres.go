@@ -1,0 +1,689 @@
+// Package devenv starts throwaway PostgreSQL servers and embedded Kafka
+// brokers for tests and the `relay dev` mode.
+//
+// Each PostgreSQL server is a fresh cluster made by initdb in its own
+// temporary directory, configured for logical replication, trusting every
+// local connection and listening on 127.0.0.1 on a port picked free at start.
+// initdb and the server refuse to run as root, so when we are root they run as
+// the postgres system user (the Debian package creates it) and the
+// directories they write are handed to that user. The broker is a kfake
+// cluster served over TCP on 127.0.0.1, so the relay reaches it like a real
+// Kafka. Everything is throwaway: Close removes the data, and nothing here is
+// tuned for durability (fsync is off).
+//
+// The package does not import testing, so the relay binary can use it; the
+// devenvtest package wraps it for tests.
+package devenv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// debianPGBin is where the Debian postgresql package puts the server
+// binaries, which are not on PATH there.
+const debianPGBin = "/usr/lib/postgresql/15/bin"
+
+const (
+	// pgCtlTimeout bounds pg_ctl's own waits; they are long because a
+	// loaded CI machine under -race can be slow to run crash recovery.
+	pgCtlTimeout = 60 * time.Second
+	// startAttempts bounds retries when another process takes the port
+	// between our probe and the server's bind.
+	startAttempts = 3
+	// logTailBytes is how much server output we keep for error messages.
+	logTailBytes = 4 << 10
+)
+
+// PostgresOptions configures StartPostgres.
+type PostgresOptions struct {
+	// Settings are extra postgresql.conf settings, e.g.
+	// "max_slot_wal_keep_size": "64MB". They override the defaults.
+	Settings map[string]string
+	// HBA lines go before the default trust lines of pg_hba.conf, so they
+	// take precedence.
+	HBA []string
+	// Log receives the server's log output; by default it goes to
+	// postgres.log in the data directory. Writes must not block for long:
+	// the server stalls while its log pipe is full.
+	Log io.Writer
+}
+
+// Postgres is a throwaway PostgreSQL server.
+type Postgres struct {
+	bins    pgBinaries
+	owner   *syscall.Credential // nil when the server runs as us
+	dir     string
+	dataDir string
+	sockDir string
+	port    int // fixed once StartPostgres returns
+
+	log     *lockedWriter
+	logFile *os.File // set when we own the log destination
+	copiers sync.WaitGroup
+
+	watchdog     *exec.Cmd
+	watchdogPipe *os.File // closing it, or our death, fires the watchdog
+
+	mu      sync.Mutex // serialises lifecycle operations
+	running bool
+	closed  bool
+}
+
+// StartPostgres creates a new cluster in a temporary directory and starts a
+// server on a free port. The caller must Close it.
+func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error) {
+	bins, err := findPGBinaries()
+	if err != nil {
+		return nil, err
+	}
+	owner, err := serverOwner()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "relay-devenv-pg-")
+	if err != nil {
+		return nil, fmt.Errorf("creating PostgreSQL temp dir: %w", err)
+	}
+	p := &Postgres{
+		bins:    bins,
+		owner:   owner,
+		dir:     dir,
+		dataDir: filepath.Join(dir, "data"),
+		sockDir: filepath.Join(dir, "sock"),
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			p.Close()
+		}
+	}()
+
+	// The server user needs to enter the temp dir to reach the data and
+	// socket dirs; MkdirTemp makes it 0700.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("making %s traversable: %w", dir, err)
+	}
+	if err := os.Mkdir(p.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating PostgreSQL data dir: %w", err)
+	}
+	if err := os.Mkdir(p.sockDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating PostgreSQL socket dir: %w", err)
+	}
+	if owner != nil {
+		for _, d := range []string{dir, p.dataDir, p.sockDir} {
+			if err := os.Chown(d, int(owner.Uid), int(owner.Gid)); err != nil {
+				return nil, fmt.Errorf("handing %s to the postgres user: %w", d, err)
+			}
+		}
+	}
+
+	if err := p.startWatchdog(); err != nil {
+		return nil, err
+	}
+
+	initdb := p.command(ctx, bins.initdb, "-D", p.dataDir, "-U", "postgres",
+		"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("initdb in %s: %w\n%s", p.dataDir, err, bytes.TrimSpace(out))
+	}
+	if err := p.writeConfig(opts); err != nil {
+		return nil, err
+	}
+
+	if opts.Log != nil {
+		p.log = &lockedWriter{w: opts.Log}
+	} else {
+		// initdb wants an empty data dir, so the log file can only be
+		// created now.
+		f, err := os.OpenFile(filepath.Join(p.dataDir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("creating PostgreSQL log file: %w", err)
+		}
+		p.logFile = f
+		p.log = &lockedWriter{w: f}
+	}
+
+	for attempt := 1; ; attempt++ {
+		if p.port, err = freePort(); err != nil {
+			return nil, err
+		}
+		// The last setting of a parameter wins, so a retry can just
+		// append a new port.
+		if err := appendFile(filepath.Join(p.dataDir, "postgresql.conf"), fmt.Sprintf("port = %d\n", p.port)); err != nil {
+			return nil, err
+		}
+		err = p.startServer(ctx, "start")
+		if err == nil {
+			break
+		}
+		var se *serverError
+		if attempt < startAttempts && errors.As(err, &se) && se.bindFailed() {
+			continue
+		}
+		return nil, err
+	}
+	ok = true
+	return p, nil
+}
+
+// URL returns a connection URL for user on database db over TCP, like
+// postgres://user@127.0.0.1:PORT/db?sslmode=disable.
+func (p *Postgres) URL(user, db string) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.User(user),
+		Host:     net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port)),
+		Path:     "/" + db,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// SuperURL returns a connection URL for the superuser on the postgres
+// database.
+func (p *Postgres) SuperURL() string { return p.URL("postgres", "postgres") }
+
+// Port returns the TCP port the server listens on; it survives restarts.
+func (p *Postgres) Port() int { return p.port }
+
+// DataDir returns the cluster's data directory.
+func (p *Postgres) DataDir() string { return p.dataDir }
+
+// Restart restarts the server with a fast shutdown, which disconnects every
+// client, and waits until it accepts connections on the same port again. A
+// stopped server is just started.
+func (p *Postgres) Restart(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("restarting PostgreSQL: server is closed")
+	}
+	if !p.running {
+		return p.startServer(ctx, "start")
+	}
+	p.running = false
+	return p.startServer(ctx, "restart", "-m", "fast")
+}
+
+// Stop shuts the server down with a fast shutdown. Stopping a stopped
+// server does nothing.
+func (p *Postgres) Stop() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || !p.running {
+		return nil
+	}
+	if err := p.pgCtlStop("fast"); err != nil {
+		return err
+	}
+	p.running = false
+	return nil
+}
+
+// Start starts the server again after Stop, on the same port, and waits
+// until it accepts connections. Starting a running server does nothing.
+func (p *Postgres) Start(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("starting PostgreSQL: server is closed")
+	}
+	if p.running {
+		return nil
+	}
+	return p.startServer(ctx, "start")
+}
+
+// Close kills the server without a clean shutdown and removes its
+// directory. It may be called more than once, and after Stop.
+func (p *Postgres) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	p.running = false
+
+	var errs []error
+	// Go by the pid file rather than p.running: a start that failed or
+	// timed out can leave a live postmaster behind.
+	if _, err := os.Stat(filepath.Join(p.dataDir, "postmaster.pid")); err == nil {
+		errs = append(errs, p.pgCtlStop("immediate"))
+	}
+	// Once the postmaster and its children are gone the log pipes reach
+	// EOF; the bound only matters if something else still holds one.
+	done := make(chan struct{})
+	go func() { p.copiers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	if p.logFile != nil {
+		errs = append(errs, p.logFile.Close())
+	}
+	if err := os.RemoveAll(p.dir); err != nil {
+		errs = append(errs, fmt.Errorf("removing PostgreSQL temp dir: %w", err))
+	}
+	p.stopWatchdog()
+	return errors.Join(errs...)
+}
+
+// watchdogScript waits for EOF on stdin, which comes when Close closes the
+// pipe or when our process dies without calling Close (killed, or a test
+// binary exiting on a timeout), then kills the server and removes its
+// directory. After a Close it finds nothing left to do.
+const watchdogScript = `read _
+"$1" -D "$2" -w stop -m immediate >/dev/null 2>&1
+rm -rf "$3"`
+
+// startWatchdog starts a helper process that outlives us, so that servers
+// of a crashed test or `relay dev` do not linger. It runs as the server's
+// owner because pg_ctl refuses root, and in its own process group so that a
+// Ctrl-C aimed at us does not kill it before it has cleaned up.
+func (p *Postgres) startWatchdog() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("creating PostgreSQL watchdog pipe: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command("/bin/sh", "-c", watchdogScript, "relay-devenv-watchdog", p.bins.pgCtl, p.dataDir, p.dir)
+	cmd.Dir = p.dir
+	cmd.Env = toolEnv()
+	cmd.Stdin = r
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: p.owner}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("starting PostgreSQL watchdog: %w", err)
+	}
+	p.watchdog, p.watchdogPipe = cmd, w
+	return nil
+}
+
+func (p *Postgres) stopWatchdog() {
+	if p.watchdog == nil {
+		return
+	}
+	p.watchdogPipe.Close()
+	done := make(chan struct{})
+	go func() { p.watchdog.Wait(); close(done) }() //nolint:errcheck // its exit status says nothing useful after Close
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		// Leave it to finish on its own; init reaps it if we exit.
+	}
+	p.watchdog = nil
+}
+
+// Exec runs sql as the superuser on the postgres database. Without args
+// it uses the simple protocol, so sql may hold several statements.
+func (p *Postgres) Exec(ctx context.Context, sql string, args ...any) error {
+	conn, err := pgx.Connect(ctx, p.SuperURL())
+	if err != nil {
+		return fmt.Errorf("connecting to PostgreSQL on port %d: %w", p.port, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("executing %q: %w", abbreviate(sql, 80), err)
+	}
+	return nil
+}
+
+// writeConfig appends our settings to postgresql.conf and replaces
+// pg_hba.conf.
+func (p *Postgres) writeConfig(opts PostgresOptions) error {
+	settings := map[string]string{
+		"listen_addresses":        "127.0.0.1",
+		"unix_socket_directories": p.sockDir,
+		"wal_level":               "logical",
+		"max_wal_senders":         "20",
+		"max_replication_slots":   "20",
+		"fsync":                   "off",
+		"synchronous_commit":      "on",
+		"full_page_writes":        "off",
+		"wal_sender_timeout":      "60s",
+	}
+	for k, v := range opts.Settings {
+		settings[k] = v
+	}
+	var conf strings.Builder
+	conf.WriteString("\n# added by relay devenv\n")
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
+		fmt.Fprintf(&conf, "%s = %s\n", k, confQuote(settings[k]))
+	}
+	if err := appendFile(filepath.Join(p.dataDir, "postgresql.conf"), conf.String()); err != nil {
+		return err
+	}
+
+	var hba strings.Builder
+	for _, l := range opts.HBA {
+		hba.WriteString(l)
+		hba.WriteByte('\n')
+	}
+	hba.WriteString("local all all trust\n" +
+		"host all all 127.0.0.1/32 trust\n" +
+		"local replication all trust\n" +
+		"host replication all 127.0.0.1/32 trust\n")
+	// Truncating keeps the file's owner, which the server needs.
+	if err := os.WriteFile(filepath.Join(p.dataDir, "pg_hba.conf"), []byte(hba.String()), 0o600); err != nil {
+		return fmt.Errorf("writing pg_hba.conf: %w", err)
+	}
+	return nil
+}
+
+// startServer runs a pg_ctl subcommand that launches a postmaster (start or
+// restart) and waits until the server accepts connections.
+func (p *Postgres) startServer(ctx context.Context, args ...string) error {
+	// pg_ctl without -l hands its stdout to the postmaster, so a pipe we
+	// drain becomes the server log. A pipe per postmaster lets us tell
+	// when a failed one has written its last words.
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("creating PostgreSQL log pipe: %w", err)
+	}
+	tail := &tailBuffer{max: logTailBytes}
+	done := make(chan struct{})
+	p.copiers.Add(1)
+	go func() {
+		defer p.copiers.Done()
+		defer close(done)
+		defer r.Close()
+		drain(r, p.log, tail)
+	}()
+
+	full := append([]string{"-D", p.dataDir, "-w", "-t", strconv.Itoa(int(pgCtlTimeout / time.Second))}, args...)
+	cmd := p.command(ctx, p.bins.pgCtl, full...)
+	// An *os.File is passed to the child as is, so Run does not wait for
+	// the postmaster to close it.
+	cmd.Stdout, cmd.Stderr = w, w
+	err = cmd.Run()
+	w.Close()
+	if err != nil {
+		// The postmaster is usually dead by now; give its output a
+		// moment to arrive through the pipe.
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+		}
+		return &serverError{op: "starting PostgreSQL with pg_ctl " + args[0], port: p.port, err: err, log: tail.String()}
+	}
+	p.running = true
+	if err := p.waitReady(ctx); err != nil {
+		return &serverError{op: "waiting for PostgreSQL to accept connections", port: p.port, err: err, log: tail.String()}
+	}
+	return nil
+}
+
+// waitReady polls until a connection succeeds: pg_ctl -w only watches the
+// pid file, which can be ahead of what a client sees.
+func (p *Postgres) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, pgCtlTimeout)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err := pgx.Connect(cctx, p.SuperURL())
+		ccancel()
+		if err == nil {
+			return conn.Close(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-tick.C:
+		}
+	}
+}
+
+func (p *Postgres) pgCtlStop(mode string) error {
+	cmd := p.command(context.Background(), p.bins.pgCtl, "-D", p.dataDir, "-w",
+		"-t", strconv.Itoa(int(pgCtlTimeout/time.Second)), "stop", "-m", mode)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_ctl stop -m %s (data dir %s): %w\n%s", mode, p.dataDir, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// command prepares a PostgreSQL tool to run as the server's owner.
+func (p *Postgres) command(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	// The postgres user may not be able to enter our working directory.
+	cmd.Dir = p.dir
+	cmd.Env = toolEnv()
+	if p.owner != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.owner}
+	}
+	return cmd
+}
+
+// toolEnv drops PG* variables so a developer's shell settings cannot point
+// the tools at another cluster, and pins the C locale so messages we match
+// on are in English.
+func toolEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "LC_ALL=C", "LANG=C")
+}
+
+type pgBinaries struct{ initdb, pgCtl string }
+
+var (
+	pgBinOnce sync.Once
+	pgBins    pgBinaries
+	pgBinsErr error
+)
+
+// findPGBinaries prefers PATH so a developer's own PostgreSQL wins, and
+// falls back to the Debian location. The three binaries must come from the
+// same place: pg_ctl runs the postgres next to it, and mixing versions
+// fails in confusing ways.
+func findPGBinaries() (pgBinaries, error) {
+	pgBinOnce.Do(func() {
+		names := []string{"initdb", "pg_ctl", "postgres"}
+		if paths, ok := lookAll(names, func(n string) (string, error) { return exec.LookPath(n) }); ok {
+			pgBins = pgBinaries{initdb: paths[0], pgCtl: paths[1]}
+			return
+		}
+		if paths, ok := lookAll(names, func(n string) (string, error) {
+			path := filepath.Join(debianPGBin, n)
+			fi, err := os.Stat(path)
+			if err != nil {
+				return "", err
+			}
+			if fi.Mode()&0o111 == 0 {
+				return "", fmt.Errorf("%s is not executable", path)
+			}
+			return path, nil
+		}); ok {
+			pgBins = pgBinaries{initdb: paths[0], pgCtl: paths[1]}
+			return
+		}
+		pgBinsErr = fmt.Errorf("PostgreSQL server binaries not found: install the Debian package postgresql (looked for initdb, pg_ctl and postgres on PATH and in %s)", debianPGBin)
+	})
+	return pgBins, pgBinsErr
+}
+
+func lookAll(names []string, look func(string) (string, error)) ([]string, bool) {
+	var paths []string
+	for _, n := range names {
+		path, err := look(n)
+		if err != nil {
+			return nil, false
+		}
+		if path, err = filepath.Abs(path); err != nil {
+			return nil, false
+		}
+		paths = append(paths, path)
+	}
+	return paths, true
+}
+
+// serverOwner returns the credentials to run PostgreSQL tools with, or nil
+// to run them as ourselves.
+func serverOwner() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("PostgreSQL refuses to run as root and there is no postgres user to run it as (install the Debian package postgresql): %w", err)
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("parsing uid of user postgres: %w", err)
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("parsing gid of user postgres: %w", err)
+	}
+	// An empty Groups drops root's supplementary groups.
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
+
+// freePort asks the kernel for a free port. Someone else may take it before
+// the server binds, which StartPostgres handles by retrying.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// confQuote quotes a postgresql.conf value. Quoting everything is fine:
+// the server parses numbers, units and booleans from quoted strings too.
+func confQuote(v string) string {
+	v = strings.ReplaceAll(v, `\`, `\\`)
+	v = strings.ReplaceAll(v, `'`, `''`)
+	return "'" + v + "'"
+}
+
+func appendFile(path, s string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	if _, err := f.WriteString(s); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+func abbreviate(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// serverError is a failed start, carrying the end of the server's output.
+type serverError struct {
+	op   string
+	port int
+	err  error
+	log  string
+}
+
+func (e *serverError) Error() string {
+	log := strings.TrimSpace(e.log)
+	if log == "" {
+		log = "(empty)"
+	}
+	return fmt.Sprintf("%s (port %d): %v; server log tail:\n%s", e.op, e.port, e.err, log)
+}
+
+func (e *serverError) Unwrap() error { return e.err }
+
+func (e *serverError) bindFailed() bool {
+	return strings.Contains(e.log, "could not bind") || strings.Contains(e.log, "Address already in use")
+}
+
+// drain copies the server's output until EOF. It keeps reading even when
+// a destination fails, since a full pipe would stall the server.
+func drain(r io.Reader, dst io.Writer, tail *tailBuffer) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			tail.Write(buf[:n])
+			dst.Write(buf[:n]) //nolint:errcheck // see above
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// lockedWriter serialises the output of the postmasters of successive
+// starts, whose lifetimes can overlap by a little.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, b...)
+	if over := len(t.buf) - t.max; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(b), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := string(t.buf)
+	if len(t.buf) == t.max {
+		// Drop the partial first line.
+		if i := strings.IndexByte(s, '\n'); i >= 0 {
+			s = s[i+1:]
+		}
+	}
+	return s
+}
