@@ -1,0 +1,343 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// writer commits small outbox transactions at a steady pace until stopped.
+type writer struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (e *env) startWriter(p *producer, every time.Duration) *writer {
+	e.t.Helper()
+	conn := e.connect()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &writer{cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				w.done <- nil
+				return
+			case <-tick.C:
+			}
+			if err := p.insert(ctx, conn, "public.outbox", 1+i%4, keyed(50, i)); err != nil && ctx.Err() == nil {
+				w.done <- err
+				return
+			}
+		}
+	}()
+	return w
+}
+
+func (w *writer) stop(t *testing.T) {
+	t.Helper()
+	w.cancel()
+	if err := <-w.done; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+}
+
+func (e *env) deliveredCount() int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := countTopics(ctx, e)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func countTopics(ctx context.Context, e *env) (int64, error) {
+	return devenvCount(ctx, e.kafka.Addr(), allTopics("outbox.event.")...)
+}
+
+// finalCheck waits until every committed event is in Kafka (or the deadline
+// passes) and checks loss and order. Counting records is not enough to know
+// delivery is complete: duplicates inflate the count.
+func (e *env) finalCheck(p *producer) verdict {
+	e.t.Helper()
+	committed := p.committed()
+	topics := allTopics("outbox.event.")
+	var v verdict
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		v = check(committed, e.readAll(topics...), e.parts, defaultTopic)
+		if v.lost == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v.lost != 0 || v.orderViolations != 0 || v.misplaced != 0 {
+		e.t.Fatalf("%s\n%s", v, strings.Join(v.problems, "\n"))
+	}
+	return v
+}
+
+// TestKill9Loop kills the relay with SIGKILL at random moments while events
+// stream in, restarting it each time. A relay that confirmed LSNs before Kafka
+// acked would lose the events in flight at each kill (lost > 0); one that
+// published out of WAL order would show order violations.
+func TestKill9Loop(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := e.config("")
+	r := e.startRelay(cfg)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	w := e.startWriter(p, 3*time.Millisecond)
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	const kills = 5
+	for i := 0; i < kills; i++ {
+		// Kill once some progress has been made since the last start, at a
+		// random point within it.
+		base := e.deliveredCount()
+		want := base + int64(50+rng.Intn(400))
+		waitFor(t, 60*time.Second, "progress before kill", func() bool { return e.deliveredCount() >= want })
+		if i%2 == 1 {
+			// Against a local broker acks come back within a millisecond, so
+			// a random kill rarely lands on unacked events. Every other kill
+			// happens while the broker is refusing produce: events are then
+			// certainly handed over but unacked, and confirming them early
+			// would lose them.
+			fault := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.NotEnoughReplicas, Count: -1})
+			waitFor(t, 30*time.Second, "refused produce requests", func() bool { return fault.Hits() >= 3 })
+			r.kill()
+			fault.Remove()
+		} else {
+			r.kill()
+		}
+		r = e.startRelay(cfg)
+	}
+	e.waitStreaming("outbox_relay")
+	w.stop(t)
+	v := e.finalCheck(p)
+	t.Logf("kill -9 x%d: %s (%.1f duplicates per crash)", kills, v, float64(v.duplicates)/kills)
+}
+
+// TestBrokerRefusesProduce makes the broker reject every produce request for a
+// while. The slot's confirmed_flush_lsn must not pass the first transaction
+// written during the fault (a relay confirming on hand-off would), the relay
+// must stay up, and everything arrives once the fault is gone.
+func TestBrokerRefusesProduce(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	r := e.startRelay(e.config(""))
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	conn := e.connect()
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		if err := p.insert(ctx, conn, "public.outbox", 5, keyed(30, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitDelivered(len(p.committed()), 60*time.Second, allTopics("outbox.event.")...)
+
+	fault := e.kafka.Cluster().Fault(kfake.Fault{
+		Keys:  []kmsg.Key{kmsg.Produce},
+		Err:   kerr.NotEnoughReplicas,
+		Count: -1,
+	})
+	// The first transaction written during the fault: everything from its
+	// commit record on must stay unconfirmed. Its position is read inside the
+	// transaction, so it is at or before the commit record.
+	var firstUnacked int64
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, "SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint").Scan(&firstUnacked); err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback(ctx)
+	for i := 0; i < 20; i++ {
+		if err := p.insert(ctx, conn, "public.outbox", 5, keyed(30, 100+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Hold the fault until the relay has been refused many times, checking the
+	// slot throughout.
+	samples := 0
+	waitFor(t, 60*time.Second, "produce refusals", func() bool {
+		confirmed, _ := e.slotLSNs("outbox_relay")
+		samples++
+		if confirmed > firstUnacked {
+			t.Fatalf("confirmed_flush_lsn %d passed unacked events from %d while the broker refused produce", confirmed, firstUnacked)
+		}
+		return fault.Hits() >= 15
+	})
+	select {
+	case <-r.done:
+		t.Fatalf("relay exited during the broker fault:\n%s", tail(r.out.String(), 20))
+	default:
+	}
+	t.Logf("fault answered %d produce requests; slot checked %d times, never past %d", fault.Hits(), samples, firstUnacked)
+	fault.Remove()
+	v := e.finalCheck(p)
+	_, current := e.slotLSNs("outbox_relay")
+	waitFor(t, 30*time.Second, "the slot to move past the faulted transactions", func() bool {
+		c, _ := e.slotLSNs("outbox_relay")
+		return c >= current
+	})
+	t.Logf("after the fault: %s", v)
+}
+
+// TestIdleOutboxBusyDatabase writes 100+ MB of WAL to a table outside the
+// publication while the outbox is idle. The slot must release it: without
+// confirming keepalive positions while idle, the slot would pin all of it.
+func TestIdleOutboxBusyDatabase(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.exec("CREATE TABLE churn (id bigint, pad text)", e.db)
+	e.startRelay(e.config(""))
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	conn := e.connect()
+	if err := p.insert(context.Background(), conn, "public.outbox", 3, keyed(3, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_, start := e.slotLSNs("outbox_relay")
+	for i := 0; i < 10; i++ {
+		e.exec("INSERT INTO churn SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 10000) g", e.db)
+	}
+	_, end := e.slotLSNs("outbox_relay")
+	written := end - start
+	if written < 100<<20 {
+		t.Fatalf("only %d MB of WAL written", written>>20)
+	}
+	const limit = 16 << 20
+	var held, restartHeld int64
+	waitFor(t, 90*time.Second, "the slot to release WAL", func() bool {
+		var confirmed, restart, current int64
+		err := e.scan(`SELECT (confirmed_flush_lsn - '0/0')::bigint, (restart_lsn - '0/0')::bigint, (pg_current_wal_lsn() - '0/0')::bigint
+			FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`, nil, &confirmed, &restart, &current)
+		if err != nil {
+			return false
+		}
+		held, restartHeld = current-confirmed, current-restart
+		return held < limit && restartHeld < limit
+	})
+	t.Logf("wrote %d MB of WAL on an idle outbox; slot holds back %d KB (confirmed) / %d KB (restart_lsn)", written>>20, held>>10, restartHeld>>10)
+	e.finalCheck(p)
+}
+
+// TestCleanStopUnderLoad sends SIGTERM while events stream in: exit 0 within
+// the drain timeout, and a restart re-sends nothing (duplicates = 0). A relay
+// that did not wait for acks and confirm before exiting would re-send its
+// unconfirmed tail.
+func TestCleanStopUnderLoad(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := e.config("")
+	r := e.startRelay(cfg)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	w := e.startWriter(p, 2*time.Millisecond)
+	for round := 0; round < 3; round++ {
+		base := e.deliveredCount()
+		waitFor(t, 60*time.Second, "progress", func() bool { return e.deliveredCount() >= base+200 })
+		start := time.Now()
+		if code := r.stop(25 * time.Second); code != 0 {
+			t.Fatalf("exit code %d after SIGTERM", code)
+		}
+		t.Logf("round %d: clean stop took %s", round, time.Since(start).Round(time.Millisecond))
+		r = e.startRelay(cfg)
+	}
+	e.waitStreaming("outbox_relay")
+	w.stop(t)
+	v := e.finalCheck(p)
+	if v.duplicates != 0 {
+		t.Fatalf("clean stops re-sent events: %s", v)
+	}
+	t.Logf("3 clean stops under load: %s", v)
+}
+
+// TestSlotInvalidated lets Postgres invalidate the slot while the relay is
+// stopped. Starting must fail fast with a clear message and leave the slot
+// alone: recreating it silently would hide lost events.
+func TestSlotInvalidated(t *testing.T) {
+	e := newEnv(t, envOpts{pgSettings: map[string]string{"max_slot_wal_keep_size": "32MB", "max_wal_size": "64MB", "min_wal_size": "32MB"}})
+	e.exec("CREATE TABLE churn (id bigint, pad text)", e.db)
+	cfg := e.config("")
+	r := e.startRelay(cfg)
+	e.waitStreaming("outbox_relay")
+	if code := r.stop(20 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	waitFor(t, 120*time.Second, "the slot to be invalidated", func() bool {
+		e.exec("INSERT INTO churn SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 20000) g", e.db)
+		e.exec("CHECKPOINT", e.db)
+		var status string
+		err := e.scan("SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = 'outbox_relay'", nil, &status)
+		return err == nil && status == "lost"
+	})
+	start := time.Now()
+	r = e.startRelay(cfg)
+	code, out := r.wait(30 * time.Second)
+	last := lastLine(out)
+	if code == 0 || !strings.Contains(last, "lost") || !strings.Contains(last, "pg_drop_replication_slot") {
+		t.Fatalf("exit %d, want failure explaining the lost slot and recovery; last line: %s", code, last)
+	}
+	var status string
+	if err := e.scan("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'outbox_relay'", nil, &status); err != nil || status != "lost" {
+		t.Fatalf("slot was touched: wal_status=%q err=%v", status, err)
+	}
+	t.Logf("failed in %s with: %s", time.Since(start).Round(time.Millisecond), last)
+}
+
+// TestLargeTransaction inserts 200k events in one transaction. It must flow
+// with the relay's peak RSS within its in-flight byte bound plus a fixed
+// overhead: a relay buffering whole transactions would hold ~250 MB.
+func TestLargeTransaction(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	const boundBytes = 8 << 20
+	r := e.startRelay(e.config(fmt.Sprintf("pipeline:\n  max_inflight_bytes: %d\n  max_inflight_events: 20000\n", boundBytes)))
+	e.waitStreaming("outbox_relay")
+	const n = 200000
+	e.exec(fmt.Sprintf(`INSERT INTO public.outbox (aggregatetype, aggregateid, type, payload)
+		SELECT 'Bulk', 'k-' || (g %% 500), 'BulkCreated', jsonb_build_object('seq', g, 'pad', repeat('x', 1000))
+		FROM generate_series(1, %d) g`, n), e.db)
+	start := time.Now()
+	var peak int64
+	waitFor(t, 240*time.Second, fmt.Sprintf("%d records", n), func() bool {
+		peak = max(peak, vmHWM(t, r.cmd.Process.Pid))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := devenvCount(ctx, e.kafka.Addr(), "outbox.event.Bulk")
+		return err == nil && c >= n
+	})
+	peak = max(peak, vmHWM(t, r.cmd.Process.Pid))
+	const overhead = 96 << 20
+	t.Logf("200k-event transaction (~1.1 KB each) relayed in %s; relay peak RSS %d MB (bound %d MB + overhead %d MB)",
+		time.Since(start).Round(time.Millisecond), peak>>20, boundBytes>>20, overhead>>20)
+	if peak > boundBytes+overhead {
+		t.Fatalf("peak RSS %d MB exceeds the in-flight bound %d MB + %d MB", peak>>20, boundBytes>>20, overhead>>20)
+	}
+}
+
+// vmHWM reads a process's peak resident set size from /proc.
+func vmHWM(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
