@@ -303,7 +303,7 @@ func TestSlotInvalidated(t *testing.T) {
 func TestLargeTransaction(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	const boundBytes = 8 << 20
-	r := e.startRelay(e.config(fmt.Sprintf("pipeline:\n  max_inflight_bytes: %d\n  max_inflight_events: 20000\n", boundBytes)))
+	r := e.startRelay(e.config(""), fmt.Sprintf("RELAY_PIPELINE_MAX_INFLIGHT_BYTES=%d", boundBytes), "RELAY_PIPELINE_MAX_INFLIGHT_EVENTS=20000")
 	e.waitStreaming("outbox_relay")
 	const n = 200000
 	e.exec(fmt.Sprintf(`INSERT INTO public.outbox (aggregatetype, aggregateid, type, payload)
