@@ -37,6 +37,11 @@ type Producer struct {
 	ack Acker
 	obs Observer
 	log zerolog.Logger
+
+	// client is the producer's own, so that closing it can stop the
+	// producer from sending anything more; see halt.
+	client sarama.Client
+	halted sync.Once
 }
 
 // item carries an event through sarama. Embedding the message in one struct
@@ -168,11 +173,16 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	ap, err := sarama.NewAsyncProducer(k.Brokers, sc)
+	client, err := sarama.NewClient(k.Brokers, sc)
 	if err != nil {
 		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
 	}
-	return &Producer{ap: ap, ack: ack, obs: obs, log: log}, nil
+	ap, err := sarama.NewAsyncProducerFromClient(client)
+	if err != nil {
+		client.Close()
+		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
+	}
+	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log}, nil
 }
 
 var (
@@ -223,6 +233,12 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 	go func() {
 		defer wg.Done()
 		for perr := range p.ap.Errors() {
+			// sarama gives up on a record but goes on sending the later
+			// records of its partition (it bumps the idempotent epoch), which
+			// would put them in Kafka ahead of the failed one when the
+			// pipeline re-sends it: stop this producer before anything more
+			// leaves.
+			p.halt()
 			it := perr.Msg.Metadata.(*item)
 			err := classify(fmt.Errorf("publishing event %s of %s to topic %s: %w", it.ev.ID, it.ev.Table, it.ev.Topic, perr.Err))
 			if p.obs != nil {
@@ -247,6 +263,9 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		case <-time.After(5 * time.Second):
 			p.log.Warn().Msg("kafka producer did not close within 5s; abandoning its unacknowledged events (they will be sent again)")
 		}
+		// An abandoned producer must not deliver its retries behind the
+		// next attempt's records (out of order, skipping the failed ones).
+		p.halt()
 	}()
 
 	input := p.ap.Input()
@@ -309,6 +328,13 @@ loop:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// halt closes the producer's client: no new connection or metadata request
+// succeeds after it, so the producer can send nothing more and fails what it
+// still holds.
+func (p *Producer) halt() {
+	p.halted.Do(func() { _ = p.client.Close() })
 }
 
 // classify marks errors that retrying cannot fix as fatal.
