@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -38,7 +39,14 @@ func startHTTP(cfg *config.Config, p *pipeline.Pipeline, m *metrics.Metrics, log
 	go func() { defer wg.Done(); watch.run(ctx) }()
 	go func() { defer wg.Done(); m.SampleSlotLag(ctx, cfg.Postgres, slotLagInterval, log) }()
 
-	srv := &http.Server{Handler: healthMux(p, watch, m), ReadHeaderTimeout: 5 * time.Second}
+	mux := healthMux(p, watch, m)
+	if cfg.HTTP.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error().Err(err).Msg("http server stopped")

@@ -118,6 +118,9 @@ type Pipeline struct {
 // HTTP serves health and metrics when Listen is set.
 type HTTP struct {
 	Listen string `mapstructure:"listen"`
+	// Pprof exposes /debug/pprof/ for profiling; off by default because it
+	// reveals internals to whoever can reach the listener.
+	Pprof bool `mapstructure:"pprof"`
 }
 
 // Log configures logging on stderr.

@@ -106,6 +106,11 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	s.touch()
 	s.Log.Info().Str("slot", s.PG.Slot).Stringer("from", pglogrepl.LSN(s.Tracker.Confirmed())).Msg("streaming from replication slot")
 
+	// Cancelling hard must interrupt a blocked read, which no longer watches a
+	// context: an expired deadline does that.
+	stopRead := context.AfterFunc(hard, func() { _ = conn.Conn().SetReadDeadline(time.Unix(1, 0)) })
+	defer stopRead()
+	var deadline time.Time
 	inTxn := false
 	for {
 		if stop.Err() != nil && !inTxn {
@@ -114,9 +119,18 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 		if err := s.maybeStatus(false); err != nil {
 			return err
 		}
-		recvCtx, cancel := context.WithDeadline(hard, s.wake())
-		msg, err := conn.ReceiveMessage(recvCtx)
-		cancel()
+		// A read deadline on the socket instead of a deadline context per
+		// message: pgconn starts a watcher goroutine for every cancellable
+		// context, which at tens of thousands of messages a second costs more
+		// than decoding them.
+		if wake := s.wake(); !wake.Equal(deadline) {
+			deadline = wake
+			_ = conn.Conn().SetReadDeadline(deadline)
+		}
+		if hard.Err() != nil {
+			return hard.Err()
+		}
+		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if hard.Err() != nil {
 				return hard.Err()
