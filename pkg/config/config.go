@@ -86,6 +86,19 @@ type Table struct {
 	TombstoneOnEmptyPayload bool              `mapstructure:"tombstone_on_empty_payload"`
 	OnUpdate                string            `mapstructure:"on_update"`
 	OnMissingColumn         string            `mapstructure:"on_missing_column"`
+
+	// OnUpdateSet records that on_update was written in the config rather
+	// than defaulted: only then does the relay have the publication it
+	// creates publish updates (see WantsUpdates).
+	OnUpdateSet bool `mapstructure:"-"`
+}
+
+// WantsUpdates reports whether the publication must publish updates for this
+// table. Left at its default, on_update keeps the publication insert-only (so
+// an UPDATE goes unseen, as it always did); set explicitly, even to warn, it
+// asks for updates so that the chosen behaviour can fire.
+func (t Table) WantsUpdates() bool {
+	return t.OnUpdateSet || t.OnUpdate == "error" || t.OnUpdate == "fatal"
 }
 
 // Columns names the outbox table's columns that carry each part of a record.
@@ -312,6 +325,7 @@ func (c *Config) applyTableDefaults() {
 		fill(&t.Columns.RouteBy, d.Columns.RouteBy)
 		fill(&t.Columns.Type, d.Columns.Type)
 		fill(&t.Topic, d.Topic)
+		t.OnUpdateSet = t.OnUpdate != ""
 		fill(&t.OnUpdate, d.OnUpdate)
 		fill(&t.OnMissingColumn, d.OnMissingColumn)
 	}

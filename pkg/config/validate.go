@@ -108,7 +108,7 @@ func (c *Config) Validate() error {
 			if err != nil {
 				add("%s.route_regex: %v", key, err)
 			} else if re.SubexpIndex("routedByValue") < 0 {
-				add("%s.route_regex: needs a named group (?P<routedByValue>...)", key)
+				add("%s.route_regex: needs a named group (?<routedByValue>...) or (?P<routedByValue>...)", key)
 			}
 		}
 		switch t.OnUpdate {

@@ -83,7 +83,7 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 		if _, err := CheckTable(ctx, conn, t); err != nil {
 			return 0, err
 		}
-		updates = updates || t.OnUpdate == "error" || t.OnUpdate == "fatal"
+		updates = updates || t.WantsUpdates()
 	}
 	if err := ensurePublication(ctx, conn, pg, tables, updates, log); err != nil {
 		return 0, err
@@ -199,7 +199,7 @@ func CheckTable(ctx context.Context, conn *pgx.Conn, t config.Table) (map[string
 	check("route_by", t.Columns.RouteBy)
 	check("type", t.Columns.Type)
 	check("timestamp", t.Columns.Timestamp)
-	if _, ok := have[t.PartitionColumn]; t.PartitionColumn != "" && !ok {
+	if _, ok := have[t.PartitionColumn]; t.PartitionColumn != "" && !ok && t.OnMissingColumn != "ignore" {
 		missing = append(missing, fmt.Sprintf("%q (outbox.partition_column)", t.PartitionColumn))
 	}
 	if t.OnMissingColumn != "ignore" {
@@ -226,9 +226,13 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 	if err != nil {
 		return err
 	}
+	publish := "insert"
+	if updates {
+		publish = "insert, update"
+	}
 	if !ps.Exists {
 		if !pg.CreatePublication {
-			return fault.Fatal(fmt.Errorf("publication %q does not exist and postgres.create_publication is false: have the table owner run CREATE PUBLICATION %s FOR TABLE ... WITH (publish = 'insert')", pg.Publication, pub))
+			return fault.Fatal(fmt.Errorf("publication %q does not exist and postgres.create_publication is false: have the table owner run CREATE PUBLICATION %s FOR TABLE ... WITH (publish = '%s')", pg.Publication, pub, publish))
 		}
 		var names []string
 		for _, t := range tables {
@@ -237,10 +241,6 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 		if len(names) == 0 {
 			// Only logical messages: they flow whatever the publication holds.
 			names = nil
-		}
-		publish := "insert"
-		if updates {
-			publish = "insert, update"
 		}
 		sql := "CREATE PUBLICATION " + pub
 		if len(names) > 0 {
@@ -265,6 +265,18 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 	if !ps.Inserts {
 		return fault.Fatal(fmt.Errorf("publication %q does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", pg.Publication, pub))
 	}
+	if !ps.Updates {
+		var blind []string
+		for _, t := range tables {
+			if t.WantsUpdates() {
+				blind = append(blind, t.Table+" (on_update: "+t.OnUpdate+")")
+			}
+		}
+		if len(blind) > 0 {
+			log.Warn().Str("publication", pg.Publication).Strs("tables", blind).
+				Msgf("publication does not publish updates, so UPDATEs on these outbox tables cannot be detected: ALTER PUBLICATION %s SET (publish = 'insert, update')", pub)
+		}
+	}
 	return nil
 }
 
@@ -272,13 +284,14 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 type PublicationState struct {
 	Exists  bool
 	Inserts bool           // publishes inserts
+	Updates bool           // publishes updates, which on_update needs to see
 	Missing []config.Table // outbox tables not in the publication
 }
 
 // ReadPublication reads the publication's state on a regular connection.
 func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []config.Table) (PublicationState, error) {
 	var ps PublicationState
-	err := conn.QueryRow(ctx, "SELECT pubinsert FROM pg_publication WHERE pubname = $1", name).Scan(&ps.Inserts)
+	err := conn.QueryRow(ctx, "SELECT pubinsert, pubupdate FROM pg_publication WHERE pubname = $1", name).Scan(&ps.Inserts, &ps.Updates)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ps, nil
 	}
