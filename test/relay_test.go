@@ -138,6 +138,7 @@ func TestStartupErrors(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.exec("CREATE ROLE norepl LOGIN", e.db)
 	e.exec("CREATE TABLE public.nopayload (id uuid, aggregatetype text, aggregateid text, type text)", e.db)
+	e.exec("SELECT pg_create_logical_replication_slot('other_plugin', 'test_decoding')", e.db)
 	cases := []struct {
 		name, cfg string
 		want      []string
@@ -145,6 +146,7 @@ func TestStartupErrors(t *testing.T) {
 		{"missing table", e.config("outbox:\n  - table: public.missing\n"), []string{"public.missing", "does not exist"}},
 		{"missing column", e.config("outbox:\n  - table: public.nopayload\n"), []string{"public.nopayload", `"payload"`}},
 		{"no replication privilege", strings.Replace(e.config(""), "postgres@", "norepl@", 1), []string{"norepl", "REPLICATION"}},
+		{"slot with another plugin", strings.Replace(e.config(""), "postgres:\n", "postgres:\n  slot: other_plugin\n", 1), []string{"other_plugin", "test_decoding"}},
 		{"invalid config", e.config("outbox:\n  - table: public.outbox\n    on_update: explode\n"), []string{"outbox[0].on_update"}},
 	}
 	for _, c := range cases {
