@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -103,48 +104,82 @@ type hdrCol struct {
 	name string
 }
 
-// router builds topic names from the route-by value, caching them so the hot
-// path does not allocate a topic string per event.
+// router builds topic names from the route-by value the way Debezium's Outbox
+// Event Router does (route.topic.regex + route.topic.replacement, applied by
+// Kafka Connect's RegexRouter), caching them so the hot path does not allocate
+// a topic string per event.
 type router struct {
-	prefix, suffix string
-	fixed          bool
+	prefix, suffix string // the template around ${routedByValue}
+	placeholder    bool   // false: the template is the whole topic
 	re             *regexp.Regexp
 	group          int
 	cache          map[string]string
+	what           string // names the table or prefix in logs
+	log            zerolog.Logger
 }
 
-func newRouter(topic, routeRegex string) (*router, error) {
-	r := &router{cache: map[string]string{}}
+func newRouter(topic, routeRegex, what string, log zerolog.Logger) (*router, error) {
+	r := &router{cache: map[string]string{}, what: what, log: log}
 	before, after, found := strings.Cut(topic, "${routedByValue}")
-	r.prefix, r.suffix, r.fixed = before, after, !found
+	r.prefix, r.suffix, r.placeholder = before, after, found
+	if !found {
+		r.prefix = topic
+	}
 	if routeRegex != "" {
-		re, err := regexp.Compile(routeRegex)
+		// RegexRouter uses Matcher.matches(): the whole value must match, not
+		// a substring, so the expression is anchored at both ends. The group
+		// keeps the user's own flags scoped to their expression.
+		if _, err := regexp.Compile(routeRegex); err != nil {
+			return nil, err
+		}
+		re, err := regexp.Compile(`^(?:` + routeRegex + `)$`)
 		if err != nil {
 			return nil, err
 		}
 		r.re, r.group = re, re.SubexpIndex("routedByValue")
+		if r.group < 0 {
+			return nil, fmt.Errorf("route_regex %q has no named group (?<routedByValue>...)", routeRegex)
+		}
 	}
 	return r, nil
 }
 
+// needsValue reports whether the topic depends on the route-by value at all.
+func (r *router) needsValue() bool { return r.placeholder || r.re != nil }
+
 const maxTopicCache = 4096
 
 func (r *router) topic(value []byte) string {
-	if r.fixed {
+	if !r.needsValue() {
 		return r.prefix
 	}
 	if t, ok := r.cache[string(value)]; ok {
 		return t
 	}
 	v := string(value)
-	if r.re != nil {
-		if m := r.re.FindStringSubmatch(v); m != nil && r.group > 0 {
-			v = m[r.group]
+	var t string
+	switch {
+	case r.re == nil:
+		t = r.prefix + v + r.suffix
+	default:
+		m := r.re.FindStringSubmatch(v)
+		switch {
+		case m == nil:
+			// RegexRouter leaves a record whose topic does not match alone, and
+			// the Outbox Event Router set that topic to the route-by value.
+			t = v
+			if len(r.cache) < maxTopicCache {
+				r.log.Warn().Str("source", r.what).Str("route_by_value", v).
+					Msg("route_regex does not match the whole route_by value; as with Debezium, the event goes to the topic named by the value itself")
+			}
+		case r.placeholder:
+			t = r.prefix + m[r.group] + r.suffix
+		default:
+			t = r.prefix
 		}
 	}
-	t := r.prefix + v + r.suffix
 	if len(r.cache) < maxTopicCache {
-		r.cache[string(value)] = t
+		r.cache[v] = t
 	}
 	return t
 }
@@ -162,14 +197,14 @@ func NewDecoder(tables []config.Table, messages []config.Message, log zerolog.Lo
 		if err != nil {
 			return nil, fmt.Errorf("outbox table %s: %w", t.Table, err)
 		}
-		r, err := newRouter(t.Topic, t.RouteRegex)
+		r, err := newRouter(t.Topic, t.RouteRegex, t.Table, log)
 		if err != nil {
 			return nil, fmt.Errorf("outbox table %s: route_regex: %w", t.Table, err)
 		}
 		d.tables[schema+"."+name] = &rule{cfg: t, schema: schema, name: name, route: r}
 	}
 	for _, m := range messages {
-		r, err := newRouter(m.Topic, "")
+		r, err := newRouter(m.Topic, "", "message:"+m.Prefix, log)
 		if err != nil {
 			return nil, err
 		}
@@ -214,28 +249,50 @@ func (d *Decoder) learnRelation(rel *Relation) error {
 	if cfg.Columns.Timestamp != "" {
 		r.ts = need("timestamp", cfg.Columns.Timestamp)
 	}
-	if cfg.PartitionColumn != "" {
-		r.part = need("partition_column", cfg.PartitionColumn)
-	}
 	if r.pay >= 0 {
 		r.payBy = rel.Columns[r.pay].TypeOID == byteaOID
 	}
-	for col, hdr := range cfg.Headers {
+	// Header and partition columns are Debezium's "additional fields"
+	// (table.fields.additional.placement header/partition), the only ones
+	// table.fields.additional.error.on.missing=false lets go missing. A
+	// fresh Relation message precedes the first row after any ALTER TABLE, so a
+	// column added later is picked up then.
+	additional := func(what, col string) int {
 		i := find(col)
 		if i < 0 {
 			if cfg.OnMissingColumn == "ignore" {
-				d.log.Warn().Str("table", cfg.Table).Str("column", col).Msg("header column missing from outbox table; ignored (on_missing_column: ignore)")
-				continue
+				d.log.Warn().Str("table", cfg.Table).Str("column", col).Str("use", what).
+					Msg("column missing from outbox table; left out of its events (on_missing_column: ignore)")
+			} else {
+				missing = append(missing, fmt.Sprintf("%s %q", what, col))
 			}
-			missing = append(missing, fmt.Sprintf("headers %q", col))
+		}
+		return i
+	}
+	if cfg.PartitionColumn != "" {
+		r.part = additional("partition_column", cfg.PartitionColumn)
+	}
+	cols := make([]string, 0, len(cfg.Headers))
+	for col := range cfg.Headers {
+		cols = append(cols, col)
+	}
+	// Sorted, so that every event of a table carries its headers in one order.
+	slices.Sort(cols)
+	for _, col := range cols {
+		i := additional("headers", col)
+		if i < 0 {
 			continue
 		}
+		hdr := cfg.Headers[col]
 		if hdr == "" {
 			hdr = col
 		}
 		r.hdrs = append(r.hdrs, hdrCol{idx: i, name: hdr})
 	}
 	if len(missing) > 0 {
+		// Forget the half-mapped layout: a row of this table must not be
+		// decoded with it even if a caller carried on after the error.
+		delete(d.rels, rel.ID)
 		return fmt.Errorf("outbox table %s has no column for %s", cfg.Table, strings.Join(missing, ", "))
 	}
 	return nil
@@ -309,8 +366,13 @@ func colText(cols []Column, i int) ([]byte, bool) {
 
 func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 	cfg := &rel.rule.cfg
-	for _, i := range []int{rel.id, rel.key, rel.pay, rel.route, rel.typ} {
+	for _, i := range []int{rel.id, rel.key, rel.pay, rel.route, rel.typ, rel.ts, rel.part} {
 		if i >= len(cols) {
+			return nil, fmt.Errorf("outbox table %s: insert has %d columns, relation announced more", cfg.Table, len(cols))
+		}
+	}
+	for _, h := range rel.hdrs {
+		if h.idx >= len(cols) {
 			return nil, fmt.Errorf("outbox table %s: insert has %d columns, relation announced more", cfg.Table, len(cols))
 		}
 	}
@@ -319,16 +381,20 @@ func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 		return nil, fmt.Errorf("outbox table %s: column %s (id) is NULL: every event needs an id", cfg.Table, cfg.Columns.ID)
 	}
 	key, hasKey := colText(cols, rel.key)
-	route, _ := colText(cols, rel.route)
+	route, hasRoute := colText(cols, rel.route)
+	if !hasRoute && rel.rule.route.needsValue() {
+		// Debezium fails here too; publishing to a guessed topic would hide
+		// the event from every consumer of the intended one.
+		return nil, fmt.Errorf("outbox table %s: column %s (route_by) of event %s is NULL, and the topic %q needs it",
+			cfg.Table, cfg.Columns.RouteBy, id, cfg.Topic)
+	}
 	typ, _ := colText(cols, rel.typ)
 	payload, hasPayload := colText(cols, rel.pay)
 
 	// One allocation holds every byte the event keeps.
 	n := len(id) + len(key) + len(payload) + len(typ)
 	for _, h := range rel.hdrs {
-		if h.idx < len(cols) {
-			n += len(cols[h.idx].Data)
-		}
+		n += len(cols[h.idx].Data)
 	}
 	buf := make([]byte, 0, n)
 	take := func(b []byte) []byte {
@@ -346,6 +412,10 @@ func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 	if hasKey {
 		ev.Key = take(key)
 	}
+	// A NULL payload is a null value with or without the tombstone option:
+	// that is what Debezium writes through a String or ByteArray converter,
+	// the converters whose output the relay's raw payload bytes match. The
+	// option adds empty payloads, as route.tombstone.on.empty.payload does.
 	if hasPayload {
 		if rel.payBy {
 			v, err := decodeBytea(payload)
@@ -353,13 +423,14 @@ func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 				return nil, fmt.Errorf("outbox table %s: column %s (payload) of event %s: %w", cfg.Table, cfg.Columns.Payload, ev.ID, err)
 			}
 			ev.Value = v
+			if cfg.TombstoneOnEmptyPayload && len(v) == 0 {
+				ev.Value = nil
+			}
 		} else {
 			ev.Value = take(payload)
-		}
-		if len(ev.Value) == 0 && cfg.TombstoneOnEmptyPayload {
-			ev.Value = nil
-		} else if ev.Value == nil {
-			ev.Value = []byte{}
+			if cfg.TombstoneOnEmptyPayload && blank(payload) {
+				ev.Value = nil
+			}
 		}
 	}
 	ev.Headers = make([]Header, 0, 2+len(rel.hdrs))
@@ -368,11 +439,15 @@ func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 		ev.Headers = append(ev.Headers, Header{Key: "type", Value: take(typ)})
 	}
 	for _, h := range rel.hdrs {
-		if v, ok := colText(cols, h.idx); ok {
-			ev.Headers = append(ev.Headers, Header{Key: h.name, Value: take(v)})
+		// Debezium adds the header for a NULL column too, with a null value,
+		// so consumers can tell "column NULL" from "column not mapped".
+		var v []byte
+		if c, ok := colText(cols, h.idx); ok {
+			v = take(c)
 		}
+		ev.Headers = append(ev.Headers, Header{Key: h.name, Value: v})
 	}
-	if rel.ts >= 0 && rel.ts < len(cols) {
+	if rel.ts >= 0 {
 		if v, ok := colText(cols, rel.ts); ok {
 			ts, err := parseTimestamp(string(v))
 			if err != nil {
@@ -381,7 +456,7 @@ func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 			ev.Timestamp = ts
 		}
 	}
-	if rel.part >= 0 && rel.part < len(cols) {
+	if rel.part >= 0 {
 		if v, ok := colText(cols, rel.part); ok {
 			p, err := strconv.ParseInt(string(v), 10, 32)
 			if err != nil || p < 0 {
@@ -391,6 +466,17 @@ func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 		}
 	}
 	return ev, nil
+}
+
+// blank is Java's String.trim().isEmpty(), which Debezium uses to call a
+// payload empty: nothing but ASCII control characters and spaces.
+func blank(b []byte) bool {
+	for _, c := range b {
+		if c > ' ' {
+			return false
+		}
+	}
+	return true
 }
 
 // decodeBytea decodes bytea's text output (hex format, the default since 9.0).
