@@ -65,6 +65,10 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotState, erro
 // and slot when configured to. It returns the slot's confirmed position.
 // Problems a human must fix are fatal; the rest (connection trouble) retryable.
 func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log logger) (pglogrepl.LSN, error) {
+	// A blackholed host would otherwise hang here for the kernel's TCP
+	// timeout; a bounded attempt turns it into a retry with a clear reason.
+	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
 	conn, err := pgx.Connect(ctx, pg.URL)
 	if err != nil {
 		return 0, classify(fmt.Errorf("connecting to postgres %s: %s", config.RedactURL(pg.URL), config.RedactError(err, pg.URL)), err)

@@ -67,6 +67,9 @@ type Stream struct {
 // writes a second under load.
 const confirmGap = 20 * time.Millisecond
 
+// setupTimeout bounds connecting and the start-up checks.
+const setupTimeout = 30 * time.Second
+
 // Run streams until stop is done (then it finishes the open transaction, waits
 // up to the drain timeout for in-flight events to be acked, confirms and
 // returns nil) or until hard is done or an error occurs. It closes out on return.
@@ -79,7 +82,9 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	if err != nil {
 		return fault.Fatal(err)
 	}
-	conn, err := pgconn.Connect(hard, connURL)
+	cctx, cancel := context.WithTimeout(hard, setupTimeout)
+	conn, err := pgconn.Connect(cctx, connURL)
+	cancel()
 	if err != nil {
 		return classify(fmt.Errorf("replication connection to %s: %s", config.RedactURL(s.PG.URL), config.RedactError(err, s.PG.URL)), err)
 	}
