@@ -161,8 +161,8 @@ type explicitPartitioner struct{ next sarama.Partitioner }
 func (p explicitPartitioner) Partition(msg *sarama.ProducerMessage, n int32) (int32, error) {
 	if it, ok := msg.Metadata.(*item); ok && it.ev.Partition >= 0 {
 		if it.ev.Partition >= n {
-			return 0, fmt.Errorf("event %s of %s: partition_column value %d but topic %s has %d partitions",
-				it.ev.ID, it.ev.Table, it.ev.Partition, msg.Topic, n)
+			return 0, fmt.Errorf("event %s of %s: partition_column value %d but topic %s has %d partitions: %w",
+				it.ev.ID, it.ev.Table, it.ev.Partition, msg.Topic, n, errPartitionRange)
 		}
 		return it.ev.Partition, nil
 	}
@@ -342,8 +342,14 @@ func (p *Producer) halt() {
 }
 
 // classify marks errors that retrying cannot fix as fatal.
+// errPartitionRange marks an explicit partition the topic does not have:
+// restarting cannot fix the row, so it is fatal rather than retried forever.
+var errPartitionRange = errors.New("partition out of range")
+
 func classify(err error) error {
 	switch {
+	case errors.Is(err, errPartitionRange):
+		return fault.Fatal(err)
 	case errors.Is(err, sarama.ErrMessageSizeTooLarge), errors.Is(err, sarama.ErrMessageTooLarge):
 		return fault.Fatal(fmt.Errorf("%w (raise kafka.max_message_bytes and the topic's max.message.bytes, or shrink the event)", err))
 	case errors.Is(err, sarama.ErrSASLAuthenticationFailed), errors.Is(err, sarama.ErrTopicAuthorizationFailed),
