@@ -29,6 +29,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -509,19 +510,28 @@ func findPGBinaries() (pgBinaries, error) {
 			pgBins = pgBinaries{initdb: paths[0], pgCtl: paths[1]}
 			return
 		}
-		if paths, ok := lookAll(names, func(n string) (string, error) {
-			path := filepath.Join(debianPGBin, n)
-			fi, err := os.Stat(path)
-			if err != nil {
-				return "", err
+		// Debian installs each major version side by side; 15 is what the
+		// project targets, any other found is better than none.
+		dirs := []string{debianPGBin}
+		if more, _ := filepath.Glob("/usr/lib/postgresql/*/bin"); len(more) > 0 {
+			sort.Sort(sort.Reverse(sort.StringSlice(more)))
+			dirs = append(dirs, more...)
+		}
+		for _, dir := range dirs {
+			if paths, ok := lookAll(names, func(n string) (string, error) {
+				path := filepath.Join(dir, n)
+				fi, err := os.Stat(path)
+				if err != nil {
+					return "", err
+				}
+				if fi.Mode()&0o111 == 0 {
+					return "", fmt.Errorf("%s is not executable", path)
+				}
+				return path, nil
+			}); ok {
+				pgBins = pgBinaries{initdb: paths[0], pgCtl: paths[1]}
+				return
 			}
-			if fi.Mode()&0o111 == 0 {
-				return "", fmt.Errorf("%s is not executable", path)
-			}
-			return path, nil
-		}); ok {
-			pgBins = pgBinaries{initdb: paths[0], pgCtl: paths[1]}
-			return
 		}
 		pgBinsErr = fmt.Errorf("PostgreSQL server binaries not found: install the Debian package postgresql (looked for initdb, pg_ctl and postgres on PATH and in %s)", debianPGBin)
 	})
