@@ -67,10 +67,12 @@ func TestBrokerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := time.Now()
+	afterFault := len(p.committed())
 	t.Logf("relay, broker away: %s", nthLine(r.out.String(), "pipeline stopped", restarts))
 	e.waitGrowth(200, 60*time.Second)
 	t.Logf("long broker outage: broker down %s, relay delivering again %s after it was back",
 		up.Sub(start).Round(time.Millisecond), time.Since(up).Round(time.Millisecond))
+	w.waitCommitted(afterFault+200, 60*time.Second)
 	w.halt()
 	r.mustBeRunning()
 
@@ -96,6 +98,7 @@ func TestPostgresRestart(t *testing.T) {
 	e.waitGrowth(200, 60*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	afterFault := len(p.committed())
 	start := time.Now()
 	if err := e.pg.Restart(ctx); err != nil {
 		t.Fatal(err)
@@ -105,6 +108,7 @@ func TestPostgresRestart(t *testing.T) {
 	t.Logf("postgres restart took %s; relay streaming again (walsender pid %d -> %d) %s after the server was back",
 		up.Sub(start).Round(time.Millisecond), before, after, time.Since(up).Round(time.Millisecond))
 	e.waitGrowth(200, 60*time.Second)
+	w.waitCommitted(afterFault+200, 60*time.Second)
 	w.halt()
 	r.mustBeRunning()
 
@@ -128,6 +132,7 @@ func TestWalsenderKilled(t *testing.T) {
 	p := newProducer()
 	w := e.startSteadyWriter(p, 10*time.Millisecond)
 	e.waitGrowth(200, 60*time.Second)
+	afterFault := len(p.committed())
 	var killed bool
 	if err := e.scan(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`, nil, &killed); err != nil || !killed {
 		t.Fatalf("terminating the walsender: %v (terminated=%t)", err, killed)
@@ -136,6 +141,7 @@ func TestWalsenderKilled(t *testing.T) {
 	after := e.waitNewSlotPID("outbox_relay", before, 60*time.Second)
 	t.Logf("walsender %d killed; relay streaming again with walsender %d after %s", before, after, time.Since(start).Round(time.Millisecond))
 	e.waitGrowth(200, 60*time.Second)
+	w.waitCommitted(afterFault+200, 60*time.Second)
 	w.halt()
 	r.mustBeRunning()
 
@@ -483,6 +489,21 @@ func (e *env) startSteadyWriter(p *producer, every time.Duration) *steadyWriter 
 		<-w.done
 	})
 	return w
+}
+
+// waitCommitted waits until the writer has committed n events in all, so a
+// test knows events written after its fault exist: growth in Kafka alone could
+// be the re-sent tail.
+func (w *steadyWriter) waitCommitted(n int, timeout time.Duration) {
+	w.e.t.Helper()
+	waitFor(w.e.t, timeout, fmt.Sprintf("the writer to commit %d events", n), func() bool {
+		select {
+		case <-w.done:
+			w.e.t.Fatalf("writer stopped: %v", w.err)
+		default:
+		}
+		return len(w.p.committed()) >= n
+	})
 }
 
 // halt stops the writer after its current transaction and fails the test if
