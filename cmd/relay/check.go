@@ -279,6 +279,16 @@ func checkKafka(c *checklist, cfg *config.Config) {
 	// Without a full refresh sarama connects lazily and NewClient would
 	// succeed against brokers it never reached.
 	sc.Metadata.Full = true
+	// Security (issue 7): flag weak settings, and name a refused login or an
+	// untrusted certificate as such rather than as unreachable brokers.
+	for _, w := range sink.InsecureSettings(cfg.Kafka) {
+		c.warn(w.Setting, w.Risk, "")
+	}
+	if err := sink.Handshake(cfg.Kafka, sc); err != nil {
+		c.fail("kafka", err.Error(), "check kafka.brokers, the network path, and kafka.tls / kafka.sasl")
+		c.skip("kafka topics", "no connection")
+		return
+	}
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, sc)
 	if err != nil {
 		c.fail("kafka", fmt.Sprintf("cannot reach brokers %v: %v", cfg.Kafka.Brokers, err),

@@ -54,7 +54,18 @@ type Kafka struct {
 	MaxMessageBytes int      `mapstructure:"max_message_bytes"`
 	TLS             TLS      `mapstructure:"tls"`
 	SASL            SASL     `mapstructure:"sasl"`
+
+	// Security (issue 7): what to do with an event larger than
+	// MaxMessageBytes: OversizedStop or OversizedDeadLetter to DeadLetterTopic.
+	Oversized       string `mapstructure:"oversized"`
+	DeadLetterTopic string `mapstructure:"dead_letter_topic"`
 }
+
+// kafka.oversized values.
+const (
+	OversizedStop       = "stop"
+	OversizedDeadLetter = "dead_letter"
+)
 
 // TLS configures encryption to the brokers.
 type TLS struct {
@@ -160,6 +171,7 @@ func Default() Config {
 			Partitioner:     "murmur2",
 			Compression:     "none",
 			MaxMessageBytes: 1000000,
+			Oversized:       OversizedStop,
 		},
 		Pipeline: Pipeline{
 			MaxInflightEvents: 50000,

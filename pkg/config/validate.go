@@ -75,6 +75,26 @@ func (c *Config) Validate() error {
 	if (c.Kafka.TLS.CertFile == "") != (c.Kafka.TLS.KeyFile == "") {
 		add("kafka.tls: cert_file and key_file must be set together")
 	}
+	// Security (issue 7): no silent plaintext, no login without a password,
+	// and a known fate for oversized events.
+	if tl := c.Kafka.TLS; !tl.Enabled && (tl.CAFile != "" || tl.CertFile != "" || tl.KeyFile != "" || tl.ServerName != "" || tl.InsecureSkipVerify) {
+		add("kafka.tls.enabled: is false but other kafka.tls keys are set; set enabled: true (the relay does not fall back to plaintext)")
+	}
+	if c.Kafka.SASL.Mechanism != "" && c.Kafka.SASL.Password == "" {
+		add("kafka.sasl.password: required with kafka.sasl.mechanism %s (set RELAY_KAFKA_SASL_PASSWORD or kafka.sasl.password_file)", c.Kafka.SASL.Mechanism)
+	}
+	switch c.Kafka.Oversized {
+	case OversizedStop:
+	case OversizedDeadLetter:
+		if c.Kafka.DeadLetterTopic == "" {
+			add("kafka.dead_letter_topic: required with kafka.oversized dead_letter")
+		}
+	default:
+		add("kafka.oversized: %q must be stop or dead_letter", c.Kafka.Oversized)
+	}
+	if t := c.Kafka.DeadLetterTopic; t != "" && (!topicName.MatchString(t) || t == "." || t == "..") {
+		add("kafka.dead_letter_topic: %q is not a valid Kafka topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')", t)
+	}
 
 	seen := map[string]bool{}
 	for i, t := range c.Outbox {
@@ -161,6 +181,9 @@ func (c *Config) Validate() error {
 }
 
 var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// topicName is Kafka's legal topic name (Topic.validate in the Java client).
+var topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 
 func checkIdent(s string) error {
 	if s == "" {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // replicationURL turns the user's libpq connection string (URL or key=value
@@ -20,6 +22,15 @@ func replicationURL(s string) (string, error) {
 		return u.String(), nil
 	}
 	return s + " replication=database", nil
+}
+
+// publicationNames renders pgoutput's publication_names option. pgoutput
+// reads the value as a list of SQL identifiers (SplitIdentifierString), so an
+// unquoted name is folded to lower case and one holding a quote, comma or
+// space is a syntax error: the name is quoted as an identifier first, then
+// as a literal. (Security, issue 7.)
+func publicationNames(name string) string {
+	return "publication_names '" + escapeLiteral(pgx.Identifier{name}.Sanitize()) + "'"
 }
 
 // escapeLiteral doubles single quotes for use inside a '...' option value of

@@ -96,7 +96,7 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 		_ = conn.Close(closeCtx)
 	}()
 
-	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", escapeLiteral(s.PG.Publication)), "messages 'true'"}
+	args := []string{"proto_version '1'", publicationNames(s.PG.Publication), "messages 'true'"}
 	err = pglogrepl.StartReplication(hard, conn, s.PG.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		var pgErr *pgconn.PgError

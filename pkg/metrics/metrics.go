@@ -35,6 +35,7 @@ type Metrics struct {
 	errors     *prometheus.CounterVec
 	reconnects *prometheus.CounterVec
 	latency    prometheus.Histogram
+	deadLetter *prometheus.CounterVec // security (issue 7): see sink.DeadLetterObserver
 	slotLag    slotLag
 
 	// children is a copy-on-write map: Published runs once per acked event
@@ -79,6 +80,10 @@ func New(version string) *Metrics {
 			Help:    "Time from handing an event to the producer until Kafka acknowledged it.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
+		deadLetter: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_dead_letter_total",
+			Help: "Events too large for kafka.max_message_bytes sent to kafka.dead_letter_topic without their payload, by outbox table.",
+		}, []string{"table"}),
 		now: time.Now,
 	}
 	empty := map[pubKey]*pubChildren{}
@@ -93,7 +98,7 @@ func New(version string) *Metrics {
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "relay_build_info", Help: "Always 1; the version label identifies the build."}, []string{"version"})
 	info.WithLabelValues(version).Set(1)
 
-	m.reg.MustRegister(m.published, m.bytes, m.errors, m.reconnects, m.latency, up, info, &m.slotLag,
+	m.reg.MustRegister(m.published, m.bytes, m.errors, m.reconnects, m.latency, m.deadLetter, up, info, &m.slotLag,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -146,6 +151,10 @@ func (m *Metrics) child(table, topic string) *pubChildren {
 
 // PublishError counts an event Kafka refused.
 func (m *Metrics) PublishError(reason string) { m.errors.WithLabelValues(reason).Inc() }
+
+// DeadLettered counts an oversized event routed to the dead letter topic
+// (sink.DeadLetterObserver).
+func (m *Metrics) DeadLettered(table string) { m.deadLetter.WithLabelValues(table).Inc() }
 
 // Reconnect counts a pipeline restart caused by component.
 func (m *Metrics) Reconnect(component string) { m.reconnects.WithLabelValues(component).Inc() }

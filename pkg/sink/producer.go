@@ -43,6 +43,8 @@ type Producer struct {
 	// producer from sending anything more; see halt.
 	client sarama.Client
 	halted sync.Once
+
+	oversize *oversize // security (issue 7): kafka.oversized, see deadletter.go
 }
 
 // item carries an event through sarama. Embedding the message in one struct
@@ -177,6 +179,13 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
+	// Security (issue 7): flag weak settings, and test the credentials once
+	// before sarama's producer-id retries can turn a wrong password into
+	// dozens of failed logins (see Handshake).
+	WarnInsecure(k, log)
+	if err := Handshake(k, sc); err != nil {
+		return nil, err
+	}
 	client, err := sarama.NewClient(k.Brokers, sc)
 	if err != nil {
 		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
@@ -186,7 +195,7 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 		client.Close()
 		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
 	}
-	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log}, nil
+	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log, oversize: newOversize(k, obs, log)}, nil
 }
 
 var (
@@ -285,6 +294,11 @@ loop:
 					close(done)
 				}
 				mu.Unlock()
+				break loop
+			}
+			// Security (issue 7): an event over kafka.max_message_bytes stops
+			// the relay or is replaced by its dead letter record.
+			if ev, runErr = p.oversize.check(ev); runErr != nil {
 				break loop
 			}
 			it := &item{ev: ev, sent: time.Now()}
