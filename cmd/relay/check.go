@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -53,14 +52,12 @@ func (c *checklist) skip(what, why string) { fmt.Fprintf(c.w, "- %s: skipped (%s
 // cmdCheck validates the configuration and the environment the relay would
 // run in, and returns the exit status: 0 when nothing failed.
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "", "path to relay.yaml (optional when configured through RELAY_* env vars)")
-	if err := fs.Parse(args); err != nil {
+	path, err := configFlag("check", args, stderr)
+	if err != nil {
 		return 2
 	}
 	c := &checklist{w: stdout}
-	cfg, err := config.Load(*path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		var verr *config.ValidationError
 		if errors.As(err, &verr) {
@@ -74,7 +71,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stdout, "\n%d problem(s) in the configuration; fix them and run relay check again\n", c.failed)
 		return 1
 	}
-	name := *path
+	name := path
 	if name == "" {
 		name = "environment (RELAY_*)"
 	}
@@ -395,13 +392,7 @@ func brokerAutoCreate(client sarama.Client, admin sarama.ClusterAdmin) (enabled,
 
 // cmdStatus prints the slot's state for operators.
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "", "path to relay.yaml (optional when configured through RELAY_* env vars)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*path)
+	cfg, err := loadConfig("status", args, stderr)
 	if err != nil {
 		return err
 	}

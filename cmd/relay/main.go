@@ -86,14 +86,26 @@ func newLogger(l config.Log, w io.Writer) zerolog.Logger {
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
 }
 
-func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+// configFlag parses a command's --config flag and returns the file's path.
+func configFlag(cmd string, args []string, stderr io.Writer) (string, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "path to relay.yaml (optional when configured through RELAY_* env vars)")
-	if err := fs.Parse(args); err != nil {
-		return err
+	err := fs.Parse(args)
+	return *path, err
+}
+
+// loadConfig parses --config and loads the configuration it names.
+func loadConfig(cmd string, args []string, stderr io.Writer) (*config.Config, error) {
+	path, err := configFlag(cmd, args, stderr)
+	if err != nil {
+		return nil, err
 	}
-	cfg, err := config.Load(*path)
+	return config.Load(path)
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := loadConfig("run", args, stderr)
 	if err != nil {
 		return err
 	}
