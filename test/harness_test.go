@@ -45,14 +45,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-const outboxDDL = `CREATE TABLE IF NOT EXISTS %s (
-	id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-	aggregatetype text NOT NULL,
-	aggregateid text NOT NULL,
-	type text NOT NULL,
-	payload jsonb NOT NULL,
-	created_at timestamptz NOT NULL DEFAULT now())`
-
 // env is one test's world: a Postgres cluster, a broker and a database with an
 // outbox table.
 type env struct {
@@ -78,7 +70,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	e.kafka = devenvtest.Kafka(t, ko)
 	e.exec("CREATE DATABASE app", "postgres")
-	e.exec(fmt.Sprintf(outboxDDL, "public.outbox"), e.db)
+	e.exec(devenv.OutboxDDL("public.outbox"), e.db)
 	return e
 }
 

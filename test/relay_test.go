@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/relay-dev/relay/pkg/devenv"
 )
 
 var types = []string{"Order", "Customer", "Invoice"}
@@ -35,7 +37,7 @@ func allTopics(prefix string) []string {
 func TestEndToEnd(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.exec(`CREATE SCHEMA "Sales"`, e.db)
-	e.exec(fmt.Sprintf(outboxDDL, `"Sales"."Outbox"`), e.db)
+	e.exec(devenv.OutboxDDL(`"Sales"."Outbox"`), e.db)
 	cfg := e.config(`outbox:
   - table: public.outbox
   - table: '"Sales"."Outbox"'

@@ -370,7 +370,7 @@ func TestSecurityKafkaTLSSASL(t *testing.T) {
 		kfake.Superuser("PLAIN", "relayplain", passPlain),
 	}})
 	e.exec("CREATE DATABASE app", "postgres")
-	e.exec(fmt.Sprintf(outboxDDL, "public.outbox"), e.db)
+	e.exec(devenv.OutboxDDL("public.outbox"), e.db)
 	reader := secureReader(p, client, adminPass)
 	admin, err := kgo.NewClient(append(reader, kgo.SeedBrokers(e.kafka.Addr()))...)
 	if err != nil {
@@ -553,7 +553,7 @@ func TestSecurityPostgresTLSLeastPrivilege(t *testing.T) {
 		GRANT CREATE ON DATABASE app TO app_owner;
 		CREATE ROLE relay LOGIN REPLICATION PASSWORD '`+pgPass+`';
 		CREATE ROLE relaycert LOGIN REPLICATION`, "postgres")
-	e.exec(fmt.Sprintf(outboxDDL, "public.outbox")+`;
+	e.exec(devenv.OutboxDDL("public.outbox")+`;
 		ALTER TABLE public.outbox OWNER TO app_owner;
 		SET ROLE app_owner;
 		CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert');
@@ -680,7 +680,7 @@ func TestSecurityHostileIdentifiers(t *testing.T) {
 		pub   = `Evil'Pub"; DROP TABLE x; --`
 	)
 	e.exec(`CREATE TABLE public.x (v int); INSERT INTO public.x VALUES (42)`, e.db)
-	e.exec(fmt.Sprintf(outboxDDL, table), e.db)
+	e.exec(devenv.OutboxDDL(table), e.db)
 	cfg := e.secConfig(fmt.Sprintf("  publication: %q\n", pub), "", fmt.Sprintf("outbox:\n  - table: %q\n", table))
 
 	out, code := runRelay(t, cfg, "check")

@@ -15,14 +15,6 @@ import (
 	"github.com/relay-dev/relay/pkg/devenv"
 )
 
-const devOutboxDDL = `CREATE TABLE public.outbox (
-	id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-	aggregatetype text NOT NULL,
-	aggregateid text NOT NULL,
-	type text NOT NULL,
-	payload jsonb NOT NULL,
-	created_at timestamptz NOT NULL DEFAULT now())`
-
 // cmdDev runs the relay end to end on a throwaway Postgres and an embedded
 // broker: it writes a few demo events and shows them arriving in Kafka.
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -45,7 +37,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer broker.Close()
-	if err := pg.Exec(ctx, devOutboxDDL); err != nil {
+	if err := pg.Exec(ctx, devenv.OutboxDDL("public.outbox")); err != nil {
 		return fmt.Errorf("creating demo outbox table: %w", err)
 	}
 
