@@ -275,9 +275,10 @@ func (s *Stream) drain(hard context.Context) error {
 	}
 	// CopyDone makes the walsender process our final status before it ends
 	// the stream, so the confirmed position is in place when we return.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(hard), 5*time.Second)
-	defer cancel()
-	if _, err := pglogrepl.SendStandbyCopyDone(ctx, s.conn); err != nil {
+	// The loop's read deadline may already have passed; give the exchange
+	// its own.
+	_ = s.conn.Conn().SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := pglogrepl.SendStandbyCopyDone(context.Background(), s.conn); err != nil {
 		s.Log.Debug().Err(err).Msg("ending replication stream")
 	}
 	s.Log.Info().Stringer("confirmed", pglogrepl.LSN(s.Tracker.Confirmed())).Msg("stopped cleanly")
