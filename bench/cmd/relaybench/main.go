@@ -1,0 +1,222 @@
+// Command relaybench measures the relay binary against a throwaway Postgres
+// and an embedded Kafka broker (issue 5): backlog drain rate against
+// pg_recvlogical's ceiling, steady-state end-to-end latency, and peak RSS
+// with a backlog and a stalled broker. It prints a table and writes
+// bench/results/<date>-<host>.md.
+//
+// It is a program, not a test: it reports figures against targets and never
+// fails on them, since a shared 2-core machine makes every figure noisy.
+// bench/run.sh builds the relay binary and runs it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	relayBin   string
+	args       []string // as given, minus -relay, for the results file
+	only       []string
+	n          int
+	writers    int
+	partitions int
+
+	latencyRates    []int
+	latencyDuration time.Duration
+	latencyWriters  int
+	latencyTwin     bool
+
+	memN     int
+	memBatch int
+	stall    time.Duration
+
+	waitTimeout time.Duration
+	resultsDir  string
+	noResults   bool
+	note        string
+	cpuProfile  string
+}
+
+var sections = []string{"drain", "latency", "memory"}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stderr, "relaybench: %v\n", err)
+		os.Exit(2)
+	}
+	// A second Ctrl-C while cleaning up kills us the default way; the
+	// devenv watchdog still removes the Postgres cluster then.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "relaybench: -cpuprofile: %v\n", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+	}
+	err = run(ctx, o)
+	if o.cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	interrupted := ctx.Err() != nil
+	stop()
+	if err != nil {
+		if interrupted {
+			fmt.Fprintln(os.Stderr, "relaybench: interrupted; servers and the relay were stopped")
+		} else {
+			fmt.Fprintf(os.Stderr, "relaybench: %v\n", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("relaybench", flag.ContinueOnError)
+	fs.StringVar(&o.relayBin, "relay", "bench/out/relay", "relay binary to measure")
+	only := fs.String("only", strings.Join(sections, ","), "sections to run, comma-separated: drain,latency,memory")
+	fs.IntVar(&o.n, "n", 200000, "events per drain run")
+	fs.IntVar(&o.writers, "writers", 4, "writer connections for the drain backlog")
+	fs.IntVar(&o.partitions, "partitions", 6, "partitions of each auto-created topic")
+	rates := fs.String("latency-rates", "1000,5000", "steady-state rates in events/s, comma-separated")
+	fs.DurationVar(&o.latencyDuration, "latency-duration", 30*time.Second, "how long each latency rate runs")
+	fs.IntVar(&o.latencyWriters, "latency-writers", 8, "writer connections sharing the latency rate")
+	fs.BoolVar(&o.latencyTwin, "latency-twin", false, "also stream a twin slot with pg_recvlogical during the latency section, as a control for whether Postgres alone keeps up (adds a walsender's load)")
+	fs.IntVar(&o.memN, "mem-n", 1000000, "events in the memory section's backlog")
+	fs.IntVar(&o.memBatch, "mem-batch", 10000, "events per INSERT ... SELECT transaction of the memory backlog")
+	fs.DurationVar(&o.stall, "stall", 10*time.Second, "how long the broker refuses produce in the memory section")
+	fs.DurationVar(&o.waitTimeout, "timeout", 10*time.Minute, "bound on each wait (writes, drains, deliveries)")
+	fs.StringVar(&o.resultsDir, "results", "bench/results", "directory for the <date>-<host>.md results file")
+	fs.BoolVar(&o.noResults, "no-results", false, "print the figures only, write no results file")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of relaybench itself (kfake, writers, consumer) to this file: the harness shares the cores with the relay")
+	fs.StringVar(&o.note, "note", "", "free text added to the results file (e.g. what else the machine was doing)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: bench/run.sh [flags]  (or: go run ./bench/cmd/relaybench -relay BIN [flags])\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	fs.Visit(func(f *flag.Flag) {
+		// The note is printed in full further down the results file.
+		if f.Name != "relay" && f.Name != "note" {
+			o.args = append(o.args, "-"+f.Name+"="+f.Value.String())
+		}
+	})
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	for _, s := range strings.Split(*only, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if !slices.Contains(sections, s) {
+			return nil, fmt.Errorf("-only: unknown section %q (want some of %s)", s, strings.Join(sections, ","))
+		}
+		if !slices.Contains(o.only, s) {
+			o.only = append(o.only, s)
+		}
+	}
+	if len(o.only) == 0 {
+		return nil, errors.New("-only selects no section")
+	}
+	for _, s := range strings.Split(*rates, ",") {
+		r, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || r <= 0 {
+			return nil, fmt.Errorf("-latency-rates: %q is not a positive rate", s)
+		}
+		o.latencyRates = append(o.latencyRates, r)
+	}
+	var problems []string
+	check := func(ok bool, msg string) {
+		if !ok {
+			problems = append(problems, msg)
+		}
+	}
+	// The 100-event run needs whole transactions, one per writer at least.
+	check(o.n >= 100*o.writers && o.n%100 == 0, "-n must be a multiple of 100 and at least 100 x -writers")
+	check(o.writers > 0, "-writers must be positive")
+	check(o.partitions > 0, "-partitions must be positive")
+	check(o.latencyDuration >= time.Second, "-latency-duration must be at least 1s")
+	check(o.latencyWriters > 0, "-latency-writers must be positive")
+	check(o.memN > 0 && o.memBatch > 0, "-mem-n and -mem-batch must be positive")
+	check(o.stall >= time.Second, "-stall must be at least 1s")
+	check(o.waitTimeout > 0, "-timeout must be positive")
+	if len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "; "))
+	}
+	if _, err := os.Stat(o.relayBin); err != nil {
+		return nil, fmt.Errorf("relay binary: %w (build it with go build -o %s ./cmd/relay, or use bench/run.sh)", err, o.relayBin)
+	}
+	return o, nil
+}
+
+func (o *options) runs(section string) bool { return slices.Contains(o.only, section) }
+
+// logf prints progress to stderr, so stdout holds only the results.
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+func run(ctx context.Context, o *options) error {
+	machine := describeMachine(ctx)
+	res := &results{machine: machine, opts: o, started: time.Now()}
+	logf("relaybench: sections %s on %d cores (%s)", strings.Join(o.only, ","), machine.cores, machine.cpu)
+
+	var errs []error
+	// A failed section does not stop the others: partial figures are still
+	// worth reporting, and the error is reported with them.
+	if o.runs("drain") {
+		if err := runDrain(ctx, o, res); err != nil {
+			errs = append(errs, fmt.Errorf("drain: %w", err))
+		}
+	}
+	if o.runs("latency") && ctx.Err() == nil {
+		if err := runLatency(ctx, o, res); err != nil {
+			errs = append(errs, fmt.Errorf("latency: %w", err))
+		}
+	}
+	if o.runs("memory") && ctx.Err() == nil {
+		if err := runMemory(ctx, o, res); err != nil {
+			errs = append(errs, fmt.Errorf("memory: %w", err))
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	res.finished = time.Now()
+	res.loadEnd = loadAvg()
+	res.errs = errs
+	md := res.markdown()
+	fmt.Println()
+	fmt.Print(res.table())
+	if !o.noResults {
+		path, err := writeResults(o.resultsDir, machine, md)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			fmt.Printf("\nresults written to %s\n", path)
+		}
+	}
+	return errors.Join(errs...)
+}
