@@ -289,10 +289,13 @@ func (s *Stream) drain(hard context.Context) error {
 // while events are in flight, otherwise at the regular status interval.
 func (s *Stream) wake() time.Time {
 	if pglogrepl.LSN(s.Tracker.Confirmed()) != s.sentLSN || !s.Tracker.Idle() {
-		if t := s.sentAt.Add(confirmGap); t.Before(s.nextStat) {
-			if soon := time.Now().Add(time.Millisecond); t.Before(soon) {
-				return soon
-			}
+		t := s.sentAt.Add(confirmGap)
+		if now := time.Now(); t.Before(now) {
+			// Acks have not moved the position since the last report: look
+			// again a gap from now rather than spinning on short timeouts.
+			t = now.Add(confirmGap)
+		}
+		if t.Before(s.nextStat) {
 			return t
 		}
 	}
