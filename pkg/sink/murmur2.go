@@ -95,6 +95,11 @@ func (p *murmur2Partitioner) Partition(msg *sarama.ProducerMessage, numPartition
 			return p.roundRobin(numPartitions), nil
 		}
 		h = murmur2([]byte(k))
+	case *sarama.ByteEncoder: // how the relay's own records carry keys
+		if k == nil || *k == nil {
+			return p.roundRobin(numPartitions), nil
+		}
+		h = murmur2([]byte(*k))
 	case sarama.StringEncoder:
 		h = murmur2(string(k))
 	default:

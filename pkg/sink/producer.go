@@ -54,6 +54,39 @@ type item struct {
 	msg  sarama.ProducerMessage
 	ev   *decode.Event
 	sent time.Time
+	// Storage the message points into, so building a record allocates the
+	// item alone in the common case (no boxed encoders, no header slice).
+	key, value sarama.ByteEncoder
+	headers    [4]sarama.RecordHeader
+}
+
+// newItem builds the producer message for ev.
+func newItem(ev *decode.Event, now time.Time) *item {
+	it := &item{ev: ev, sent: now}
+	it.msg = sarama.ProducerMessage{
+		Topic:     ev.Topic,
+		Timestamp: ev.Timestamp,
+		Metadata:  it,
+	}
+	if ev.Key != nil {
+		it.key = ev.Key
+		it.msg.Key = &it.key
+	}
+	if ev.Value != nil {
+		it.value = ev.Value
+		it.msg.Value = &it.value
+	}
+	if n := len(ev.Headers); n > 0 {
+		hs := it.headers[:0]
+		if n > len(it.headers) {
+			hs = make([]sarama.RecordHeader, 0, n)
+		}
+		for _, h := range ev.Headers {
+			hs = append(hs, sarama.RecordHeader{Key: headerKey(h.Key), Value: h.Value})
+		}
+		it.msg.Headers = hs
+	}
+	return it
 }
 
 // SaramaConfig builds the producer configuration from the relay's Kafka config.
@@ -301,24 +334,7 @@ loop:
 			if ev, runErr = p.oversize.check(ev); runErr != nil {
 				break loop
 			}
-			it := &item{ev: ev, sent: time.Now()}
-			it.msg = sarama.ProducerMessage{
-				Topic:     ev.Topic,
-				Timestamp: ev.Timestamp,
-				Metadata:  it,
-			}
-			if ev.Key != nil {
-				it.msg.Key = sarama.ByteEncoder(ev.Key)
-			}
-			if ev.Value != nil {
-				it.msg.Value = sarama.ByteEncoder(ev.Value)
-			}
-			if len(ev.Headers) > 0 {
-				it.msg.Headers = make([]sarama.RecordHeader, len(ev.Headers))
-				for i, h := range ev.Headers {
-					it.msg.Headers[i] = sarama.RecordHeader{Key: headerKey(h.Key), Value: h.Value}
-				}
-			}
+			it := newItem(ev, time.Now())
 			mu.Lock()
 			inflight++
 			mu.Unlock()
