@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/rs/zerolog"
 
@@ -33,6 +34,8 @@ type Event struct {
 	Timestamp time.Time
 	Partition int32  // -1: let the partitioner choose
 	Seq       uint64 // assigned by the checkpoint tracker when the event is handed over
+
+	hdrs [2]Header // storage for the id and type headers, saving an allocation
 }
 
 // Size is the event's approximate memory footprint, used for the in-flight cap.
@@ -412,10 +415,12 @@ func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 	ev := &Event{
 		Table:     cfg.Table,
 		Topic:     rel.rule.route.topic(route),
-		ID:        string(id),
 		Timestamp: d.commitAt,
 		Partition: -1,
 	}
+	idBytes := take(id)
+	// buf is never written after take, so the id string can share it.
+	ev.ID = unsafe.String(unsafe.SliceData(idBytes), len(idBytes))
 	if hasKey {
 		ev.Key = take(key)
 	}
@@ -440,8 +445,11 @@ func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
 			}
 		}
 	}
-	ev.Headers = make([]Header, 0, 2+len(rel.hdrs))
-	ev.Headers = append(ev.Headers, Header{Key: "id", Value: take(id)})
+	ev.Headers = ev.hdrs[:0]
+	if len(rel.hdrs) > 0 {
+		ev.Headers = make([]Header, 0, 2+len(rel.hdrs))
+	}
+	ev.Headers = append(ev.Headers, Header{Key: "id", Value: idBytes})
 	if typ != nil {
 		ev.Headers = append(ev.Headers, Header{Key: "type", Value: take(typ)})
 	}
