@@ -12,6 +12,8 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/relay /usr/local/bin/relay
 COPY configs/relay.yaml /etc/relay/relay.yaml
 USER nonroot:nonroot
+# Probes and Prometheus reach the pod IP, not loopback.
+ENV RELAY_HTTP_LISTEN=:9090
 EXPOSE 9090
 # No HEALTHCHECK: orchestrators probe /healthz and /readyz on http.listen.
 ENTRYPOINT ["/usr/local/bin/relay"]
