@@ -26,10 +26,11 @@ import (
 )
 
 const (
-	dbName      = "bench"
-	slotName    = "outbox_relay"
-	twinSlot    = "twin"
-	publication = "outbox_relay"
+	dbName        = "bench"
+	slotName      = "outbox_relay"
+	twinSlot      = "twin"
+	twinAfterSlot = "twin_after"
+	publication   = "outbox_relay"
 	// pollEvery is how often deliveries are counted while timing a drain:
 	// it is the resolution of the relay's drain time.
 	pollEvery = 20 * time.Millisecond

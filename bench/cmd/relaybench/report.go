@@ -207,7 +207,7 @@ func (r *results) markdown() string {
 		p("## Backlog drain\n\n")
 		p("%d events written before the relay starts (%d writer connections, ~200-byte jsonb payloads, %d keys, %d aggregate types = topics). ",
 			o.n, o.writers, numKeys, len(aggregateTypes))
-		p("The relay's slot and a twin slot are created back to back before the writes; pg_recvlogical (pgoutput, proto 1, to /dev/null) drains the twin up to the post-write LSN: the ceiling. ")
+		p("The relay's slot and two twin slots are created back to back before the writes; pg_recvlogical (pgoutput, proto 1, to /dev/null) drains one twin before the relay and the other after it, up to the post-write LSN, and the faster pass is the ceiling (the first decoder of a backlog pays for cold caches). ")
 		p("The relay is timed from process start until Kafka's high watermarks sum to the event count (polled every %s). Target: ratio >= %.1f, peak RSS <= %s.\n\n", pollEvery, targetRatio, mb(targetDrainRSS))
 		p("| transactions | WAL | pg_recvlogical | relay | ratio | relay peak RSS | relay first record | relay CPU | pg_recvlogical CPU |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 		for _, d := range r.drain {
