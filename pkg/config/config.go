@@ -302,6 +302,10 @@ func (c *Config) resolveSecrets() error {
 		c.Postgres.URL = u.String()
 	}
 	if c.Kafka.SASL.PasswordFile != "" {
+		if c.Kafka.SASL.Password != "" {
+			// Two sources for one secret: which wins would be a guess.
+			return errors.New("kafka.sasl: set password or password_file, not both")
+		}
 		pw, err := readSecret(c.Kafka.SASL.PasswordFile)
 		if err != nil {
 			return fmt.Errorf("kafka.sasl.password_file: %w", err)

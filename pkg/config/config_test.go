@@ -147,3 +147,13 @@ func TestSplitTable(t *testing.T) {
 		}
 	}
 }
+
+func TestSASLPasswordAndFileConflict(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pw, []byte("x"), 0o600)
+	t.Setenv("RELAY_KAFKA_SASL_PASSWORD", "y")
+	p := writeConfig(t, "postgres:\n  url: postgres://r@h/d\nkafka:\n  brokers: [\"k:1\"]\n  sasl:\n    mechanism: PLAIN\n    username: u\n    password_file: "+pw+"\n")
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Fatalf("want a conflict error, got %v", err)
+	}
+}

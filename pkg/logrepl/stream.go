@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
@@ -106,6 +107,7 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 		return classify(fmt.Errorf("START_REPLICATION on slot %q: %w", s.PG.Slot, err), err)
 	}
 	s.Stats.Streaming.Store(true)
+	s.catchUpWithSlot(hard)
 	s.received = pglogrepl.LSN(s.Tracker.Confirmed())
 	s.Stats.ReceivedLSN.Store(uint64(s.received))
 	s.touch()
@@ -335,3 +337,22 @@ func (s *Stream) sendStatus(reply bool) error {
 }
 
 func (s *Stream) touch() { s.Stats.LastProgress.Store(time.Now().UnixNano()) }
+
+// catchUpWithSlot moves the tracker to the slot's confirmed position as read
+// now that this connection holds the slot. The position the tracker started
+// from was read before connecting, and another instance (the active relay,
+// for a standby taking over) may have confirmed further since: reporting the
+// older position would move the slot back and re-send events after a crash.
+// Failing to read only keeps the older, still safe, position.
+func (s *Stream) catchUpWithSlot(hard context.Context) {
+	ctx, cancel := context.WithTimeout(hard, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.PG.URL)
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if st, err := ReadSlot(ctx, conn, s.PG.Slot); err == nil && st.Exists {
+		s.Tracker.AdvanceIdle(uint64(st.Confirmed))
+	}
+}
