@@ -3,6 +3,8 @@ package test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -48,7 +50,7 @@ func TestEndToEnd(t *testing.T) {
 
 	p := newProducer()
 	ctx := context.Background()
-	const writers, txns = 4, 150
+	writers, txns := 4, e2eTxns()
 	g, gctx := errgroup.WithContext(ctx)
 	for w := 0; w < writers; w++ {
 		conn := e.connect()
@@ -181,4 +183,13 @@ func TestWalLevelReplica(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// e2eTxns is the transactions per writer in TestEndToEnd; RELAY_E2E_TXNS
+// scales it up for a longer black-box run.
+func e2eTxns() int {
+	if n, err := strconv.Atoi(os.Getenv("RELAY_E2E_TXNS")); err == nil && n > 0 {
+		return n
+	}
+	return 150
 }
