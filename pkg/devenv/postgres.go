@@ -401,7 +401,7 @@ func (p *Postgres) startServer(ctx context.Context, args ...string) error {
 	if err != nil {
 		return fmt.Errorf("creating PostgreSQL log pipe: %w", err)
 	}
-	tail := &tailBuffer{max: logTailBytes}
+	tail := &Tail{Max: logTailBytes}
 	done := make(chan struct{})
 	p.copiers.Add(1)
 	go func() {
@@ -641,7 +641,7 @@ func (e *serverError) bindFailed() bool {
 
 // drain copies the server's output until EOF. It keeps reading even when
 // a destination fails, since a full pipe would stall the server.
-func drain(r io.Reader, dst io.Writer, tail *tailBuffer) {
+func drain(r io.Reader, dst io.Writer, tail *Tail) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := r.Read(buf)
@@ -666,34 +666,4 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (t *tailBuffer) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, b...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(b), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := string(t.buf)
-	if len(t.buf) == t.max {
-		// Drop the partial first line.
-		if i := strings.IndexByte(s, '\n'); i >= 0 {
-			s = s[i+1:]
-		}
-	}
-	return s
 }

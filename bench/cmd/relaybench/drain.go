@@ -146,7 +146,7 @@ func recvlogical(ctx context.Context, bin, url, slot, endLSN string, timeout tim
 	cmd := exec.CommandContext(cctx, bin, "-d", url, "--slot", slot, "--start", "--no-loop",
 		"-o", "proto_version=1", "-o", "publication_names="+publication,
 		"--endpos", endLSN, "-f", "/dev/null")
-	out := &tailWriter{max: 4 << 10}
+	out := newTail(4 << 10)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	start := time.Now()

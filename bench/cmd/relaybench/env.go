@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -239,7 +238,7 @@ type relayProc struct {
 }
 
 func startRelay(bin, cfgPath, httpAddr string) (*relayProc, error) {
-	r := &relayProc{out: &tailWriter{max: 16 << 10}, httpAddr: httpAddr, done: make(chan struct{})}
+	r := &relayProc{out: newTail(16 << 10), httpAddr: httpAddr, done: make(chan struct{})}
 	r.cmd = exec.Command(bin, "run", "--config", cfgPath)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
 	// Pdeathsig kills the relay if we die without cleaning up (kill -9),
@@ -502,37 +501,21 @@ func (p *peakRSS) sample() {
 	}
 }
 
-// tailWriter keeps the last max bytes written, for error messages.
-type tailWriter struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
+// tailWriter keeps the last bytes of a process's output, for error messages.
+type tailWriter struct{ devenv.Tail }
 
-func (t *tailWriter) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, b...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(b), nil
-}
+func newTail(max int) *tailWriter { return &tailWriter{devenv.Tail{Max: max}} }
 
 func (t *tailWriter) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.buf) == 0 {
-		return "(no output)"
+	if s := strings.TrimSpace(t.Tail.String()); s != "" {
+		return s
 	}
-	return strings.TrimSpace(string(t.buf))
+	return "(no output)"
 }
 
 // lines counts output lines, here the relay's warnings.
 func (t *tailWriter) lines() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.Count(string(t.buf), "\n")
+	return strings.Count(t.Tail.String(), "\n")
 }
 
 func firstLine(s string) string {

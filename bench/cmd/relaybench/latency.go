@@ -233,7 +233,7 @@ func streamTwin(ctx context.Context, w *world) (stop func(), err error) {
 	if err := w.createSlots(ctx, twinSlot); err != nil {
 		return nil, err
 	}
-	out := &tailWriter{max: 4 << 10}
+	out := newTail(4 << 10)
 	cmd := exec.Command(bin, "-d", w.url(), "--slot", twinSlot, "--start", "--no-loop",
 		"-o", "proto_version=1", "-o", "publication_names="+publication, "-f", "/dev/null")
 	cmd.Stdout, cmd.Stderr = out, out

@@ -5,7 +5,6 @@ package devenvtest
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,9 +23,9 @@ const logTailBytes = 16 << 10
 // test failed, since Close removes the log file with the data.
 func Postgres(t testing.TB, opts devenv.PostgresOptions) *devenv.Postgres {
 	t.Helper()
-	var logs *tail
+	var logs *devenv.Tail
 	if opts.Log == nil {
-		logs = &tail{}
+		logs = &devenv.Tail{Max: logTailBytes}
 		opts.Log = logs
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
@@ -55,27 +54,4 @@ func Kafka(t testing.TB, opts devenv.KafkaOptions) *devenv.Kafka {
 	}
 	t.Cleanup(k.Close)
 	return k
-}
-
-// tail keeps the end of the server log in memory. It never blocks the
-// server for long and outlives the test safely, unlike t.Log.
-type tail struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (l *tail) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf = append(l.buf, b...)
-	if over := len(l.buf) - logTailBytes; over > 0 {
-		l.buf = append(l.buf[:0], l.buf[over:]...)
-	}
-	return len(b), nil
-}
-
-func (l *tail) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.buf)
 }
