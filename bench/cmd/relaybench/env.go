@@ -299,8 +299,8 @@ func (r *relayProc) metric(ctx context.Context, name string) (float64, error) {
 	return m[name], err
 }
 
-// metrics reads several families in one scrape.
-func (r *relayProc) metrics(ctx context.Context, names ...string) (map[string]float64, error) {
+// scrape fetches the relay's /metrics page.
+func (r *relayProc) scrape(ctx context.Context) ([]byte, error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+r.httpAddr+"/metrics", nil)
@@ -312,7 +312,12 @@ func (r *relayProc) metrics(ctx context.Context, names ...string) (map[string]fl
 		return nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	return io.ReadAll(resp.Body)
+}
+
+// metrics reads several families in one scrape.
+func (r *relayProc) metrics(ctx context.Context, names ...string) (map[string]float64, error) {
+	b, err := r.scrape(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -328,18 +333,11 @@ func (r *relayProc) metrics(ctx context.Context, names ...string) (map[string]fl
 // histogram reads a histogram's cumulative bucket counts (by upper bound,
 // +Inf included), summed over label sets.
 func (r *relayProc) histogram(ctx context.Context, name string) (map[float64]float64, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+r.httpAddr+"/metrics", nil)
+	b, err := r.scrape(ctx)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	return parseBuckets(resp.Body, name)
+	return parseBuckets(bytes.NewReader(b), name)
 }
 
 func parseBuckets(r io.Reader, name string) (map[float64]float64, error) {
@@ -539,4 +537,22 @@ func findRecvlogical() (string, error) {
 		return p, nil
 	}
 	return "", errNoRecvlogical
+}
+
+// startSection starts a section's own Postgres and broker with the relay's
+// slot created, noting the server version once.
+func startSection(ctx context.Context, o *options, res *results, section string) (*world, error) {
+	logf("%s: starting PostgreSQL and Kafka", section)
+	w, err := newWorld(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	if res.pgVersion == "" {
+		res.pgVersion = w.serverVersion(ctx)
+	}
+	if err := w.createSlots(ctx, slotName); err != nil {
+		w.close()
+		return nil, err
+	}
+	return w, nil
 }

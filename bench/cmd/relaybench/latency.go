@@ -117,18 +117,11 @@ const warmupEvents = 400
 const publishHistogram = "relay_publish_latency_seconds"
 
 func runLatency(ctx context.Context, o *options, res *results) error {
-	logf("latency: starting PostgreSQL and Kafka")
-	w, err := newWorld(ctx, o)
+	w, err := startSection(ctx, o, res, "latency")
 	if err != nil {
 		return err
 	}
 	defer w.close()
-	if res.pgVersion == "" {
-		res.pgVersion = w.serverVersion(ctx)
-	}
-	if err := w.createSlots(ctx, slotName); err != nil {
-		return err
-	}
 	if o.latencyTwin {
 		stopTwin, err := streamTwin(ctx, w)
 		if err != nil {

@@ -35,18 +35,11 @@ type memoryRun struct {
 const rssEvery = 500 * time.Millisecond
 
 func runMemory(ctx context.Context, o *options, res *results) error {
-	logf("memory: starting PostgreSQL and Kafka")
-	w, err := newWorld(ctx, o)
+	w, err := startSection(ctx, o, res, "memory")
 	if err != nil {
 		return err
 	}
 	defer w.close()
-	if res.pgVersion == "" {
-		res.pgVersion = w.serverVersion(ctx)
-	}
-	if err := w.createSlots(ctx, slotName); err != nil {
-		return err
-	}
 	m := memoryRun{events: o.memN, stall: o.stall}
 	err = memoryOnce(ctx, o, w, &m)
 	if m.writeTime > 0 {
