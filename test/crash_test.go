@@ -171,14 +171,17 @@ func TestBrokerRefusesProduce(t *testing.T) {
 	}
 	// Hold the fault until the relay has been refused many times, checking the
 	// slot throughout.
+	// The fault lasts a few seconds (the scenario), and at least until the
+	// relay has been refused repeatedly (the condition that makes it bite).
 	samples := 0
+	faultStart := time.Now()
 	waitFor(t, 60*time.Second, "produce refusals", func() bool {
 		confirmed, _ := e.slotLSNs("outbox_relay")
 		samples++
 		if confirmed > firstUnacked {
 			t.Fatalf("confirmed_flush_lsn %d passed unacked events from %d while the broker refused produce", confirmed, firstUnacked)
 		}
-		return fault.Hits() >= 15
+		return fault.Hits() >= 15 && time.Since(faultStart) >= 3*time.Second
 	})
 	select {
 	case <-r.done:
