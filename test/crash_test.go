@@ -134,6 +134,14 @@ func TestKill9Loop(t *testing.T) {
 // written during the fault (a relay confirming on hand-off would), the relay
 // must stay up, and everything arrives once the fault is gone.
 func TestBrokerRefusesProduce(t *testing.T) {
+	// sarama retries the first in order; the second (kfake's default fault)
+	// makes it give up, and the relay restarts its pipeline until it clears.
+	for _, kind := range []*kerr.Error{kerr.NotEnoughReplicas, kerr.UnknownServerError} {
+		t.Run(kind.Message, func(t *testing.T) { brokerRefusesProduce(t, kind) })
+	}
+}
+
+func brokerRefusesProduce(t *testing.T, kind *kerr.Error) {
 	e := newEnv(t, envOpts{})
 	r := e.startRelay(e.config(""))
 	e.waitStreaming("outbox_relay")
@@ -149,7 +157,7 @@ func TestBrokerRefusesProduce(t *testing.T) {
 
 	fault := e.kafka.Cluster().Fault(kfake.Fault{
 		Keys:  []kmsg.Key{kmsg.Produce},
-		Err:   kerr.NotEnoughReplicas,
+		Err:   kind,
 		Count: -1,
 	})
 	// The first transaction written during the fault: everything from its
