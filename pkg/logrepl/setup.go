@@ -104,6 +104,12 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 	if err := CheckSlot(st, pg, db); err != nil {
 		return 0, err
 	}
+	if st.Active {
+		// Another relay streams (a hot standby waits here), or Postgres has
+		// not yet reaped a crashed instance's walsender. Saying so before
+		// connecting to Kafka keeps a waiting standby cheap.
+		return 0, fmt.Errorf("%w (PID %d)", ErrSlotActive, st.ActivePID)
+	}
 	if !st.Exists {
 		var lsn string
 		err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", pg.Slot).Scan(&lsn)

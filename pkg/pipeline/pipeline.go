@@ -94,15 +94,25 @@ func (p *Pipeline) Run(stop context.Context) error {
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, p.cfg.Pipeline.MaxBackoff)
+		if errors.Is(err, logrepl.ErrSlotActive) {
+			// A standby polls the slot often enough to take over within
+			// seconds of the active relay stopping; the poll costs one query.
+			backoff = min(backoff, standbyPoll)
+		}
 	}
 }
+
+// standbyPoll caps the wait between a standby's looks at the slot.
+const standbyPoll = 5 * time.Second
 
 func (p *Pipeline) attempt(stop context.Context) error {
 	defer p.tracker.Store(nil)
 	defer p.kafkaUp.Store(false)
 	start, err := logrepl.Prepare(stop, p.cfg.Postgres, p.cfg.Outbox, &p.log)
 	if err != nil {
-		p.reconnect("postgres")
+		if !errors.Is(err, logrepl.ErrSlotActive) { // waiting is not reconnecting
+			p.reconnect("postgres")
+		}
 		return err
 	}
 	tr := checkpoint.New(p.cfg.Pipeline.MaxInflightEvents, p.cfg.Pipeline.MaxInflightBytes, uint64(start))
