@@ -41,7 +41,6 @@ var ErrSlotActive = errors.New("replication slot is active for another connectio
 // Stats are updated by the stream and read by metrics and health checks.
 type Stats struct {
 	ReceivedLSN  atomic.Uint64 // end of the newest WAL data received
-	ServerWALEnd atomic.Uint64 // from the newest keepalive
 	Streaming    atomic.Bool   // START_REPLICATION succeeded and the connection is up
 	LastProgress atomic.Int64  // unix nanos of the newest message received or status sent
 }
@@ -158,7 +157,6 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 				if err != nil {
 					return fmt.Errorf("parsing keepalive: %w", err)
 				}
-				s.Stats.ServerWALEnd.Store(uint64(ka.ServerWALEnd))
 				if !inTxn {
 					// Everything the walsender decoded before this keepalive
 					// has reached us; with nothing in flight it is safe to
