@@ -200,9 +200,12 @@ func checkPublication(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *co
 		return
 	}
 	pub := pgx.Identifier{pg.Publication}.Sanitize()
-	var tables []string
+	var tables, wantUpdates []string
 	for _, t := range cfg.Outbox {
-		tables = append(tables, t.Table)
+		tables = append(tables, quoteTable(t.Table))
+		if t.WantsUpdates() {
+			wantUpdates = append(wantUpdates, t.Table)
+		}
 	}
 	switch {
 	case !ps.Exists && pg.CreatePublication:
@@ -215,7 +218,7 @@ func checkPublication(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *co
 	case len(ps.Missing) > 0:
 		var missing []string
 		for _, t := range ps.Missing {
-			missing = append(missing, t.Table)
+			missing = append(missing, quoteTable(t.Table))
 		}
 		if pg.CreatePublication {
 			c.ok(what, "exists; the relay adds "+strings.Join(missing, ", ")+" on start (postgres.create_publication: true)")
@@ -226,6 +229,19 @@ func checkPublication(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *co
 	default:
 		c.ok(what, "exists, publishes inserts and contains every outbox table")
 	}
+	if ps.Exists && !ps.Updates && len(wantUpdates) > 0 {
+		c.warn(what, "does not publish updates, so on_update cannot see UPDATEs on "+strings.Join(wantUpdates, ", "),
+			fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update')", pub))
+	}
+}
+
+// quoteTable renders a configured table name as SQL for a suggested fix.
+func quoteTable(name string) string {
+	schema, table, err := config.SplitTable(name)
+	if err != nil {
+		return name
+	}
+	return pgx.Identifier{schema, table}.Sanitize()
 }
 
 func checkSlot(ctx context.Context, c *checklist, conn *pgx.Conn, pg config.Postgres, db string, redact func(error) string) {
