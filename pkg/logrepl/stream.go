@@ -97,7 +97,10 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	}()
 
 	args := []string{"proto_version '1'", publicationNames(s.PG.Publication), "messages 'true'"}
-	err = pglogrepl.StartReplication(hard, conn, s.PG.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
+	// Postgres streams from the later of this and the slot's confirmed
+	// position, skipping transactions that commit before it.
+	start := pglogrepl.LSN(s.Tracker.Confirmed())
+	err = pglogrepl.StartReplication(hard, conn, s.PG.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
@@ -42,8 +43,11 @@ type Pipeline struct {
 	obs     Observer
 	stats   logrepl.Stats
 	tracker atomic.Pointer[checkpoint.Tracker]
-	kafkaUp atomic.Bool
-	standby atomic.Bool
+	// confirmed is the newest position an earlier attempt of this process
+	// confirmed: every transaction before it is in Kafka.
+	confirmed atomic.Uint64
+	kafkaUp   atomic.Bool
+	standby   atomic.Bool
 }
 
 // New returns a pipeline for cfg.
@@ -115,7 +119,21 @@ func (p *Pipeline) attempt(stop context.Context) error {
 		}
 		return err
 	}
+	// PostgreSQL 15 and 16 do not write a logical slot's confirmed position
+	// at shutdown, so after a Postgres restart the slot can be behind what
+	// this process confirmed. Starting from our own position, which only
+	// ever covers acked transactions, spares re-sending them.
+	if c := p.confirmed.Load(); c > uint64(start) {
+		p.log.Info().Stringer("slot", start).Stringer("from", pglogrepl.LSN(c)).
+			Msg("slot is behind what this process confirmed (not yet persisted by Postgres); resuming from the confirmed position")
+		start = pglogrepl.LSN(c)
+	}
 	tr := checkpoint.New(p.cfg.Pipeline.MaxInflightEvents, p.cfg.Pipeline.MaxInflightBytes, uint64(start))
+	defer func() {
+		if c := tr.Confirmed(); c > p.confirmed.Load() {
+			p.confirmed.Store(c)
+		}
+	}()
 	dec, err := decode.NewDecoder(p.cfg.Outbox, p.cfg.Messages, p.log)
 	if err != nil {
 		return fault.Fatal(err)
