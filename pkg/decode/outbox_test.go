@@ -559,3 +559,33 @@ func BenchmarkDecodeInsert(b *testing.B) {
 		}
 	}
 }
+
+// FuzzDecode feeds arbitrary messages to a decoder that knows an outbox
+// relation with every optional mapping in use: whatever arrives, the result is
+// an event, nothing, or an error, never a panic.
+func FuzzDecode(f *testing.F) {
+	f.Add(buildInsert(9, []Column{txt("id"), txt("acme.Order"), txt("k"), txt("T"), txt(`\x00ff`), txt("t1"), txt("2"), txt("2026-01-02 03:04:05+00")}))
+	f.Add(buildInsert(9, []Column{txt("id"), {Kind: 'n'}, txt("k"), txt("T"), txt(`\xzz`), txt("t1"), txt("-1"), txt("never")}))
+	f.Add(buildInsert(9, []Column{txt("id")}))
+	f.Add(buildUpdate(9, 0, nil, []Column{txt("id")}))
+	f.Add(buildMessage(Message{Flags: 1, Prefix: []byte("outbox"), Content: []byte(`{"id":1,"aggregatetype":null,"payload":"x","headers":{"a":null}}`)}))
+	f.Add(buildBegin(Begin{FinalLSN: 1}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d := newTestDecoder(t, config.Table{
+			Table:           "app.orders_outbox",
+			Columns:         config.Columns{ID: "id", Key: "aggregateid", Payload: "payload", RouteBy: "aggregatetype", Type: "type", Timestamp: "created"},
+			Topic:           "orders.${routedByValue}",
+			RouteRegex:      `^acme\.(?P<routedByValue>.*)$`,
+			Headers:         map[string]string{"tenant": "x-tenant"},
+			PartitionColumn: "shard",
+			OnUpdate:        "error",
+		})
+		if _, err := d.Decode(outboxRelation(9, "app", "orders_outbox", 17, "tenant", "shard", "created")); err != nil {
+			t.Fatal(err)
+		}
+		r, err := d.Decode(data)
+		if err == nil && r.Kind == KindEvent && r.Event == nil {
+			t.Fatal("event result without an event")
+		}
+	})
+}
