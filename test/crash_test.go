@@ -13,79 +13,28 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/relay-dev/relay/pkg/devenv"
 )
 
-// writer commits small outbox transactions at a steady pace until stopped.
-type writer struct {
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func (e *env) startWriter(p *producer, every time.Duration) *writer {
-	e.t.Helper()
-	conn := e.connect()
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &writer{cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-ctx.Done():
-				w.done <- nil
-				return
-			case <-tick.C:
-			}
-			if err := p.insert(ctx, conn, "public.outbox", 1+i%4, keyed(50, i)); err != nil && ctx.Err() == nil {
-				w.done <- err
-				return
-			}
-		}
-	}()
-	return w
-}
-
-func (w *writer) stop(t *testing.T) {
-	t.Helper()
-	w.cancel()
-	if err := <-w.done; err != nil {
-		t.Fatalf("writer: %v", err)
-	}
-}
-
+// deliveredCount is how many records the outbox topics hold (duplicates
+// included), or -1 if the broker did not answer.
 func (e *env) deliveredCount() int64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	n, err := countTopics(ctx, e)
+	n, err := devenv.CountRecords(ctx, e.kafka.Addr(), outboxTopics...)
 	if err != nil {
 		return -1
 	}
 	return n
 }
 
-func countTopics(ctx context.Context, e *env) (int64, error) {
-	return devenvCount(ctx, e.kafka.Addr(), allTopics("outbox.event.")...)
-}
-
-// finalCheck waits until every committed event is in Kafka (or the deadline
-// passes) and checks loss and order. Counting records is not enough to know
-// delivery is complete: duplicates inflate the count.
+// finalCheck waits until every committed event is in Kafka and checks loss,
+// order and placement (duplicates are allowed and reported).
 func (e *env) finalCheck(p *producer) verdict {
 	e.t.Helper()
-	committed := p.committed()
-	topics := allTopics("outbox.event.")
-	var v verdict
-	deadline := time.Now().Add(120 * time.Second)
-	for {
-		v = check(committed, e.readAll(topics...), e.parts, defaultTopic)
-		if v.lost == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if v.lost != 0 || v.orderViolations != 0 || v.misplaced != 0 {
-		e.t.Fatalf("%s\n%s", v, strings.Join(v.problems, "\n"))
-	}
+	v := e.waitAllDelivered(p.committed(), 120*time.Second)
+	v.mustHold(e.t, false)
 	return v
 }
 
@@ -99,7 +48,7 @@ func TestKill9Loop(t *testing.T) {
 	r := e.startRelay(cfg)
 	e.waitStreaming("outbox_relay")
 	p := newProducer()
-	w := e.startWriter(p, 3*time.Millisecond)
+	w := e.startSteadyWriter(p, 3*time.Millisecond)
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	const kills = 5
 	for i := 0; i < kills; i++ {
@@ -124,7 +73,7 @@ func TestKill9Loop(t *testing.T) {
 		r = e.startRelay(cfg)
 	}
 	e.waitStreaming("outbox_relay")
-	w.stop(t)
+	w.halt()
 	v := e.finalCheck(p)
 	t.Logf("kill -9 x%d: %s (%.1f duplicates per crash)", kills, v, float64(v.duplicates)/kills)
 }
@@ -255,7 +204,7 @@ func TestCleanStopUnderLoad(t *testing.T) {
 	r := e.startRelay(cfg)
 	e.waitStreaming("outbox_relay")
 	p := newProducer()
-	w := e.startWriter(p, 2*time.Millisecond)
+	w := e.startSteadyWriter(p, 2*time.Millisecond)
 	for round := 0; round < 3; round++ {
 		base := e.deliveredCount()
 		waitFor(t, 60*time.Second, "progress", func() bool { return e.deliveredCount() >= base+200 })
@@ -267,7 +216,7 @@ func TestCleanStopUnderLoad(t *testing.T) {
 		r = e.startRelay(cfg)
 	}
 	e.waitStreaming("outbox_relay")
-	w.stop(t)
+	w.halt()
 	v := e.finalCheck(p)
 	if v.duplicates != 0 {
 		t.Fatalf("clean stops re-sent events: %s", v)
@@ -326,7 +275,7 @@ func TestLargeTransaction(t *testing.T) {
 		peak = max(peak, vmHWM(t, r.cmd.Process.Pid))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		c, err := devenvCount(ctx, e.kafka.Addr(), "outbox.event.Bulk")
+		c, err := devenv.CountRecords(ctx, e.kafka.Addr(), "outbox.event.Bulk")
 		return err == nil && c >= n
 	})
 	peak = max(peak, vmHWM(t, r.cmd.Process.Pid))

@@ -399,7 +399,3 @@ func (e *env) slotLSNs(slot string) (confirmed, current int64) {
 	}
 	return confirmed, current
 }
-
-func devenvCount(ctx context.Context, brokers string, topics ...string) (int64, error) {
-	return devenv.CountRecords(ctx, brokers, topics...)
-}
