@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -231,15 +232,35 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log, oversize: newOversize(k, obs, log)}, nil
 }
 
+// headerKeys caches header names as bytes, so a record's headers cost no
+// conversion per event. Names come from the config and from logical-message
+// envelopes (chosen by services), hence the cap.
 var (
-	keyBytes = map[string][]byte{"id": []byte("id"), "type": []byte("type")}
+	headerKeys     sync.Map // string -> []byte
+	headerKeyCount atomic.Int32
 )
 
+const maxHeaderKeys = 1024
+
+var idKey, typeKey = []byte("id"), []byte("type")
+
 func headerKey(k string) []byte {
-	if b, ok := keyBytes[k]; ok {
-		return b
+	switch k { // every event carries these two
+	case "id":
+		return idKey
+	case "type":
+		return typeKey
 	}
-	return []byte(k)
+	if b, ok := headerKeys.Load(k); ok {
+		return b.([]byte)
+	}
+	b := []byte(k)
+	if headerKeyCount.Load() < maxHeaderKeys {
+		if _, loaded := headerKeys.LoadOrStore(k, b); !loaded {
+			headerKeyCount.Add(1)
+		}
+	}
+	return b
 }
 
 // Run publishes events from in until in is closed and every event sent is
