@@ -91,9 +91,13 @@ func TestBrokerRefusesProduce(t *testing.T) {
 }
 
 func brokerRefusesProduce(t *testing.T, kind *kerr.Error) {
-	e := newEnv(t, envOpts{})
-	r := e.startRelay(e.config(""))
+	// A short walsender timeout and a tiny in-flight cap: during the fault
+	// the relay sits at the cap, not reading WAL, and must keep sending
+	// status updates or Postgres drops its connection within 2s.
+	e := newEnv(t, envOpts{pgSettings: map[string]string{"wal_sender_timeout": "2s"}})
+	r := e.startRelay(e.config(""), "RELAY_PIPELINE_MAX_INFLIGHT_EVENTS=10")
 	e.waitStreaming("outbox_relay")
+	walsender := e.slotPID("outbox_relay")
 	p := newProducer()
 	conn := e.connect()
 	ctx := context.Background()
@@ -146,6 +150,13 @@ func brokerRefusesProduce(t *testing.T, kind *kerr.Error) {
 	default:
 	}
 	t.Logf("fault answered %d produce requests; slot checked %d times, never past %d", fault.Hits(), samples, firstUnacked)
+	if kind.Retriable {
+		// sarama retries in place, so the relay never restarts its pipeline:
+		// the same walsender must still serve it.
+		if pid := e.slotPID("outbox_relay"); pid != walsender {
+			t.Fatalf("walsender changed %d -> %d under backpressure: status updates stopped while at the in-flight cap", walsender, pid)
+		}
+	}
 	fault.Remove()
 	v := e.finalCheck(p)
 	_, current := e.slotLSNs("outbox_relay")
