@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 .ci/ensure-postgres
-exec go run ./cmd/relay dev "$@"
+exec go run -tags relaydev ./cmd/relay dev "$@"

@@ -14,7 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/relay-dev/relay/pkg/devenv"
+	"github.com/relay-dev/relay/internal/devenv"
 )
 
 // deliveredCount is how many records the outbox topics hold (duplicates

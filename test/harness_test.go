@@ -20,8 +20,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/relay-dev/relay/pkg/devenv"
-	"github.com/relay-dev/relay/pkg/devenv/devenvtest"
+	"github.com/relay-dev/relay/internal/devenv"
+	"github.com/relay-dev/relay/internal/devenv/devenvtest"
 	"github.com/relay-dev/relay/pkg/sink"
 )
 

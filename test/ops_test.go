@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relay-dev/relay/pkg/devenv"
-	"github.com/relay-dev/relay/pkg/devenv/devenvtest"
+	"github.com/relay-dev/relay/internal/devenv"
+	"github.com/relay-dev/relay/internal/devenv/devenvtest"
 )
 
 func freeAddr(t *testing.T) string {

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/relay-dev/relay/pkg/devenv"
+	"github.com/relay-dev/relay/internal/devenv"
 )
 
 var types = []string{"Order", "Customer", "Invoice"}

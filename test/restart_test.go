@@ -23,7 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/relay-dev/relay/pkg/devenv"
+	"github.com/relay-dev/relay/internal/devenv"
 )
 
 const outboxOnly = "outbox:\n  - table: public.outbox\n"

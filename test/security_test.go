@@ -35,8 +35,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 
-	"github.com/relay-dev/relay/pkg/devenv"
-	"github.com/relay-dev/relay/pkg/devenv/devenvtest"
+	"github.com/relay-dev/relay/internal/devenv"
+	"github.com/relay-dev/relay/internal/devenv/devenvtest"
 )
 
 // ---------------------------------------------------------------------------

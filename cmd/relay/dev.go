@@ -1,3 +1,9 @@
+//go:build relaydev
+
+// The dev mode links a throwaway Postgres launcher and an embedded Kafka
+// broker (kfake): test tooling that must not ship in the production binary,
+// so it is compiled in only with -tags relaydev (./dev.sh does that).
+
 package main
 
 import (
@@ -12,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/relay-dev/relay/pkg/config"
-	"github.com/relay-dev/relay/pkg/devenv"
+	"github.com/relay-dev/relay/internal/devenv"
 )
 
 // cmdDev runs the relay end to end on a throwaway Postgres and an embedded

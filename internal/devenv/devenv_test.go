@@ -18,8 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/relay-dev/relay/pkg/devenv"
-	"github.com/relay-dev/relay/pkg/devenv/devenvtest"
+	"github.com/relay-dev/relay/internal/devenv"
+	"github.com/relay-dev/relay/internal/devenv/devenvtest"
 )
 
 func queryString(ctx context.Context, url, sql string) (string, error) {

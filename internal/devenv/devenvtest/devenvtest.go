@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relay-dev/relay/pkg/devenv"
+	"github.com/relay-dev/relay/internal/devenv"
 )
 
 // startTimeout bounds a server start; initdb plus startup takes a few
