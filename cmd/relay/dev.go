@@ -17,8 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/internal/devenv"
+	"github.com/relay-dev/relay/pkg/config"
 )
 
 // cmdDev runs the relay end to end on a throwaway Postgres and an embedded
