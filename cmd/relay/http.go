@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/jackc/pglogrepl"
+
 	"context"
 	"errors"
 	"fmt"
@@ -120,8 +122,8 @@ type snapshot struct {
 	tr        *checkpoint.Tracker
 	inflight  int
 	acked     uint64
-	confirmed uint64
-	received  uint64
+	confirmed pglogrepl.LSN
+	received  pglogrepl.LSN
 	streaming bool
 	touched   int64
 }
@@ -148,7 +150,7 @@ func (w *stallWatch) run(ctx context.Context) {
 func (w *stallWatch) take() snapshot {
 	st := w.src.Stream()
 	s := snapshot{
-		received:  st.ReceivedLSN.Load(),
+		received:  pglogrepl.LSN(st.ReceivedLSN.Load()),
 		streaming: st.Streaming.Load(),
 		touched:   st.LastProgress.Load(),
 		confirmed: w.prev.confirmed,

@@ -22,6 +22,8 @@ package checkpoint
 import (
 	"sync"
 	"time"
+
+	"github.com/jackc/pglogrepl"
 )
 
 // Tracker tracks in-flight events and the confirmable LSN. The zero value is
@@ -38,7 +40,7 @@ type Tracker struct {
 	inflightBytes int
 	marks         []mark // commit boundaries not yet passed by the watermark, oldest first
 	head          int
-	confirmed     uint64
+	confirmed     pglogrepl.LSN
 	lastCommit    time.Time // commit time of the newest confirmable transaction
 
 	space chan struct{} // signalled after acks free capacity or change confirmable
@@ -46,13 +48,13 @@ type Tracker struct {
 
 type mark struct {
 	end    uint64 // events with seq < end precede this commit
-	lsn    uint64
+	lsn    pglogrepl.LSN
 	commit time.Time
 }
 
 // New returns a tracker bounding in-flight events to maxEvents and maxBytes,
 // starting from the slot's confirmed position start.
-func New(maxEvents, maxBytes int, start uint64) *Tracker {
+func New(maxEvents, maxBytes int, start pglogrepl.LSN) *Tracker {
 	if maxEvents < 1 {
 		maxEvents = 1
 	}
@@ -139,7 +141,7 @@ func (t *Tracker) passMarks() {
 
 // Commit records a transaction boundary: every event reserved so far belongs to
 // a transaction ending at or before endLSN.
-func (t *Tracker) Commit(endLSN uint64, commitTime time.Time) {
+func (t *Tracker) Commit(endLSN pglogrepl.LSN, commitTime time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	// A commit with no new events since the previous boundary only moves that
@@ -156,7 +158,7 @@ func (t *Tracker) Commit(endLSN uint64, commitTime time.Time) {
 // when nothing is in flight and no boundary is pending. The caller must only
 // pass a position it has received everything before and must not be inside a
 // transaction. It reports whether the position moved.
-func (t *Tracker) AdvanceIdle(lsn uint64) bool {
+func (t *Tracker) AdvanceIdle(lsn pglogrepl.LSN) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.low != t.next || t.head != len(t.marks) || lsn <= t.confirmed {
@@ -168,7 +170,7 @@ func (t *Tracker) AdvanceIdle(lsn uint64) bool {
 }
 
 // Confirmed returns the newest LSN that may be reported to Postgres as flushed.
-func (t *Tracker) Confirmed() uint64 {
+func (t *Tracker) Confirmed() pglogrepl.LSN {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.confirmed
@@ -178,7 +180,7 @@ func (t *Tracker) Confirmed() uint64 {
 type Stats struct {
 	InflightEvents int
 	InflightBytes  int
-	Confirmed      uint64
+	Confirmed      pglogrepl.LSN
 	// LastCommit is the commit time of the newest confirmable transaction; zero
 	// once the tracker is idle and caught up.
 	LastCommit time.Time

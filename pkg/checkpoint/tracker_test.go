@@ -1,6 +1,8 @@
 package checkpoint
 
 import (
+	"github.com/jackc/pglogrepl"
+
 	"math/rand"
 	"testing"
 	"time"
@@ -63,7 +65,7 @@ func TestRandomOutOfOrderAcks(t *testing.T) {
 				open.lsn = lsn
 				txns = append(txns, *open)
 				open = nil
-				tr.Commit(lsn, time.Unix(int64(lsn), 0))
+				tr.Commit(pglogrepl.LSN(lsn), time.Unix(int64(lsn), 0))
 			default: // ack a random pending event, sometimes twice
 				if len(pending) == 0 {
 					continue
@@ -77,7 +79,7 @@ func TestRandomOutOfOrderAcks(t *testing.T) {
 					tr.Ack(seq)
 				}
 			}
-			if got, w := tr.Confirmed(), want(); got != w {
+			if got, w := tr.Confirmed(), pglogrepl.LSN(want()); got != w {
 				t.Fatalf("seed %d step %d: confirmed %d, want %d", seed, step, got, w)
 			}
 			// Acked events above the watermark still occupy the window.
@@ -146,7 +148,7 @@ func BenchmarkReserveAck(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		seq, _ := tr.TryReserve(200)
-		tr.Commit(uint64(i+1), time.Time{})
+		tr.Commit(pglogrepl.LSN(i+1), time.Time{})
 		tr.Ack(seq)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/rs/zerolog"
 
 	"github.com/relay-dev/relay/pkg/config"
@@ -72,7 +73,7 @@ const (
 // Result is the outcome of decoding one message.
 type Result struct {
 	Kind       Kind
-	LSN        uint64
+	LSN        pglogrepl.LSN
 	CommitTime time.Time
 	Event      *Event
 }
@@ -317,9 +318,9 @@ func (d *Decoder) Decode(data []byte) (Result, error) {
 	switch typ {
 	case MsgBegin:
 		d.commitAt = TimeFromPG(d.p.Begin.CommitTime)
-		return Result{Kind: KindBegin, LSN: d.p.Begin.FinalLSN, CommitTime: d.commitAt}, nil
+		return Result{Kind: KindBegin, LSN: pglogrepl.LSN(d.p.Begin.FinalLSN), CommitTime: d.commitAt}, nil
 	case MsgCommit:
-		return Result{Kind: KindCommit, LSN: d.p.Commit.EndLSN, CommitTime: TimeFromPG(d.p.Commit.CommitTime)}, nil
+		return Result{Kind: KindCommit, LSN: pglogrepl.LSN(d.p.Commit.EndLSN), CommitTime: TimeFromPG(d.p.Commit.CommitTime)}, nil
 	case MsgRelation:
 		return Result{}, d.learnRelation(&d.p.Relation)
 	case MsgInsert:

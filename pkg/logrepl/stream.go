@@ -99,7 +99,7 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	args := []string{"proto_version '1'", publicationNames(s.PG.Publication), "messages 'true'"}
 	// Postgres streams from the later of this and the slot's confirmed
 	// position, skipping transactions that commit before it.
-	start := pglogrepl.LSN(s.Tracker.Confirmed())
+	start := s.Tracker.Confirmed()
 	err = pglogrepl.StartReplication(hard, conn, s.PG.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		var pgErr *pgconn.PgError
@@ -110,10 +110,10 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	}
 	s.Stats.Streaming.Store(true)
 	s.catchUpWithSlot(hard)
-	s.received = pglogrepl.LSN(s.Tracker.Confirmed())
+	s.received = s.Tracker.Confirmed()
 	s.Stats.ReceivedLSN.Store(uint64(s.received))
 	s.touch()
-	s.Log.Info().Str("slot", s.PG.Slot).Stringer("from", pglogrepl.LSN(s.Tracker.Confirmed())).Msg("streaming from replication slot")
+	s.Log.Info().Str("slot", s.PG.Slot).Stringer("from", s.Tracker.Confirmed()).Msg("streaming from replication slot")
 
 	// Cancelling hard must interrupt a blocked read, which no longer watches a
 	// context: an expired deadline does that.
@@ -164,7 +164,7 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 					// Everything the walsender decoded before this keepalive
 					// has reached us; with nothing in flight it is safe to
 					// confirm, which is what releases WAL of busy other tables.
-					s.Tracker.AdvanceIdle(uint64(ka.ServerWALEnd))
+					s.Tracker.AdvanceIdle(ka.ServerWALEnd)
 				}
 				if err := s.maybeStatus(ka.ReplyRequested); err != nil {
 					return err
@@ -284,14 +284,14 @@ func (s *Stream) drain(hard context.Context) error {
 	if _, err := pglogrepl.SendStandbyCopyDone(context.Background(), s.conn); err != nil {
 		s.Log.Debug().Err(err).Msg("ending replication stream")
 	}
-	s.Log.Info().Stringer("confirmed", pglogrepl.LSN(s.Tracker.Confirmed())).Msg("stopped cleanly")
+	s.Log.Info().Stringer("confirmed", s.Tracker.Confirmed()).Msg("stopped cleanly")
 	return nil
 }
 
 // wake is when the stream must next look at the confirmable position: soon
 // while events are in flight, otherwise at the regular status interval.
 func (s *Stream) wake() time.Time {
-	if pglogrepl.LSN(s.Tracker.Confirmed()) != s.sentLSN || !s.Tracker.Idle() {
+	if s.Tracker.Confirmed() != s.sentLSN || !s.Tracker.Idle() {
 		t := s.sentAt.Add(confirmGap)
 		if now := time.Now(); t.Before(now) {
 			// Acks have not moved the position since the last report: look
@@ -308,7 +308,7 @@ func (s *Stream) wake() time.Time {
 func (s *Stream) maybeStatus(force bool) error {
 	now := time.Now()
 	due := force || !now.Before(s.nextStat) ||
-		(pglogrepl.LSN(s.Tracker.Confirmed()) != s.sentLSN && now.Sub(s.sentAt) >= confirmGap)
+		(s.Tracker.Confirmed() != s.sentLSN && now.Sub(s.sentAt) >= confirmGap)
 	if !due {
 		return nil
 	}
@@ -316,7 +316,7 @@ func (s *Stream) maybeStatus(force bool) error {
 }
 
 func (s *Stream) sendStatus(reply bool) error {
-	confirmed := pglogrepl.LSN(s.Tracker.Confirmed())
+	confirmed := s.Tracker.Confirmed()
 	write := s.received
 	if write < confirmed {
 		write = confirmed
@@ -354,6 +354,6 @@ func (s *Stream) catchUpWithSlot(hard context.Context) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if st, err := ReadSlot(ctx, conn, s.PG.Slot); err == nil && st.Exists {
-		s.Tracker.AdvanceIdle(uint64(st.Confirmed))
+		s.Tracker.AdvanceIdle(st.Confirmed)
 	}
 }

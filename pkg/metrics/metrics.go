@@ -5,6 +5,8 @@
 package metrics
 
 import (
+	"github.com/jackc/pglogrepl"
+
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -189,9 +191,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	var st checkpoint.Stats
 	if tr := c.state.Tracker(); tr != nil {
 		st = tr.Stats()
-		c.lastConfirmed.Store(st.Confirmed)
+		c.lastConfirmed.Store(uint64(st.Confirmed))
 	} else {
-		st.Confirmed = c.lastConfirmed.Load()
+		st.Confirmed = pglogrepl.LSN(c.lastConfirmed.Load())
 	}
 	lag := 0.0
 	if !st.LastCommit.IsZero() {

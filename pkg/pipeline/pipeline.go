@@ -123,14 +123,14 @@ func (p *Pipeline) attempt(stop context.Context) error {
 	// at shutdown, so after a Postgres restart the slot can be behind what
 	// this process confirmed. Starting from our own position, which only
 	// ever covers acked transactions, spares re-sending them.
-	if c := p.confirmed.Load(); c > uint64(start) {
-		p.log.Info().Stringer("slot", start).Stringer("from", pglogrepl.LSN(c)).
+	if c := pglogrepl.LSN(p.confirmed.Load()); c > start {
+		p.log.Info().Stringer("slot", start).Stringer("from", c).
 			Msg("slot is behind what this process confirmed (not yet persisted by Postgres); resuming from the confirmed position")
-		start = pglogrepl.LSN(c)
+		start = c
 	}
-	tr := checkpoint.New(p.cfg.Pipeline.MaxInflightEvents, p.cfg.Pipeline.MaxInflightBytes, uint64(start))
+	tr := checkpoint.New(p.cfg.Pipeline.MaxInflightEvents, p.cfg.Pipeline.MaxInflightBytes, start)
 	defer func() {
-		if c := tr.Confirmed(); c > p.confirmed.Load() {
+		if c := uint64(tr.Confirmed()); c > p.confirmed.Load() {
 			p.confirmed.Store(c)
 		}
 	}()
