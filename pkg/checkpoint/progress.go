@@ -1,0 +1,132 @@
+package checkpoint
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// Record is the relay's own memory of how far it got: one per slot and
+// database, kept in Kafka next to the events it vouches for. The slot is
+// never confirmed past the newest record Kafka acknowledged, so at start-up a
+// slot ahead of the record (or no slot at all where a record exists) proves
+// that something other than this relay moved or replaced it, and events in
+// between may never have been published.
+type Record struct {
+	Slot     string
+	SystemID string // IDENTIFY_SYSTEM's systemid: which database cluster
+	Timeline int32
+	// LSN is the position every transaction committing at or before it is
+	// in Kafka: the end of the newest such commit, or a WAL position the
+	// relay reached while nothing was in flight.
+	LSN pglogrepl.LSN
+	// Partial, with exactly-once delivery, says that the first events of the
+	// next transaction are already in Kafka.
+	Partial *Partial
+	// Snapshot, while an initial snapshot runs, says the stream must not
+	// move past LSN (the slot's consistent point) until it completes.
+	Snapshot *SnapshotProgress
+	Time     time.Time
+	Version  string
+	// Fingerprint identifies the publication and table mapping that wrote
+	// the record, so a relay that takes the slot over with another mapping
+	// can say so.
+	Fingerprint string
+}
+
+// Partial names a transaction that is only partly in Kafka.
+type Partial struct {
+	CommitLSN pglogrepl.LSN // end of the transaction's commit record
+	Events    int           // how many of its events, in WAL order, are in Kafka
+}
+
+// SnapshotProgress is the state of an initial snapshot.
+type SnapshotProgress struct {
+	Done bool // every snapshot row is in Kafka
+	// Tables already snapshotted in full (schema.table), for resuming.
+	Tables []string
+}
+
+// recordFormat versions the JSON encoding; readers refuse newer formats
+// rather than misread them.
+const recordFormat = 1
+
+type recordJSON struct {
+	Format      int               `json:"format"`
+	Slot        string            `json:"slot"`
+	SystemID    string            `json:"system_id"`
+	Timeline    int32             `json:"timeline"`
+	LSN         string            `json:"lsn"`
+	Partial     *partialJSON      `json:"partial,omitempty"`
+	Snapshot    *SnapshotProgress `json:"snapshot,omitempty"`
+	Time        time.Time         `json:"time"`
+	Version     string            `json:"relay_version"`
+	Fingerprint string            `json:"fingerprint"`
+}
+
+type partialJSON struct {
+	CommitLSN string `json:"commit_lsn"`
+	Events    int    `json:"events"`
+}
+
+// RecordKey is the progress topic's key for a slot in a database cluster.
+func RecordKey(slot, systemID string) []byte { return []byte(slot + "@" + systemID) }
+
+// Key is the record's key in the progress topic.
+func (r Record) Key() []byte { return RecordKey(r.Slot, r.SystemID) }
+
+// Marshal encodes the record as JSON (LSNs in Postgres' X/X notation).
+func (r Record) Marshal() []byte {
+	j := recordJSON{
+		Format: recordFormat, Slot: r.Slot, SystemID: r.SystemID, Timeline: r.Timeline,
+		LSN: r.LSN.String(), Snapshot: r.Snapshot, Time: r.Time.UTC(), Version: r.Version, Fingerprint: r.Fingerprint,
+	}
+	if r.Partial != nil {
+		j.Partial = &partialJSON{CommitLSN: r.Partial.CommitLSN.String(), Events: r.Partial.Events}
+	}
+	b, _ := json.Marshal(j) // cannot fail: plain strings and numbers
+	return b
+}
+
+// UnmarshalRecord decodes a record written by Marshal.
+func UnmarshalRecord(b []byte) (Record, error) {
+	var j recordJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return Record{}, fmt.Errorf("progress record: %w", err)
+	}
+	if j.Format != recordFormat {
+		return Record{}, fmt.Errorf("progress record: format %d, this relay reads format %d (written by relay %s)", j.Format, recordFormat, j.Version)
+	}
+	lsn, err := pglogrepl.ParseLSN(j.LSN)
+	if err != nil {
+		return Record{}, fmt.Errorf("progress record: lsn %q: %w", j.LSN, err)
+	}
+	r := Record{
+		Slot: j.Slot, SystemID: j.SystemID, Timeline: j.Timeline, LSN: lsn, Snapshot: j.Snapshot,
+		Time: j.Time, Version: j.Version, Fingerprint: j.Fingerprint,
+	}
+	if j.Partial != nil {
+		c, err := pglogrepl.ParseLSN(j.Partial.CommitLSN)
+		if err != nil {
+			return Record{}, fmt.Errorf("progress record: partial.commit_lsn %q: %w", j.Partial.CommitLSN, err)
+		}
+		r.Partial = &Partial{CommitLSN: c, Events: j.Partial.Events}
+	}
+	if r.Slot == "" || r.SystemID == "" {
+		return Record{}, errors.New("progress record: slot and system_id are required")
+	}
+	return r, nil
+}
+
+// SplitRecordKey splits a progress topic key into slot and system id.
+func SplitRecordKey(key []byte) (slot, systemID string, ok bool) {
+	i := strings.LastIndexByte(string(key), '@')
+	if i <= 0 || i == len(key)-1 {
+		return "", "", false
+	}
+	return string(key[:i]), string(key[i+1:]), true
+}
