@@ -40,7 +40,7 @@ type Record struct {
 
 // Partial names a transaction that is only partly in Kafka.
 type Partial struct {
-	CommitLSN pglogrepl.LSN // end of the transaction's commit record
+	CommitLSN pglogrepl.LSN // the transaction's commit LSN, as pgoutput's Begin announces it
 	Events    int           // how many of its events, in WAL order, are in Kafka
 }
 
