@@ -303,18 +303,23 @@ func TestOpsPasswordNeverLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := strings.Replace(pg.URL("pwuser", "postgres"), "pwuser@", "pwuser:"+secret+"@", 1)
-	cfg := fmt.Sprintf("postgres:\n  url: %s\nkafka:\n  brokers: [%q]\nlog:\n  level: debug\n", url, freeAddr(t))
+	// The key=value form pgx also accepts, with the password quoted as a
+	// libpq DSN allows.
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=pwuser password='%s' dbname=postgres sslmode=disable", pg.Port(), secret)
 
-	for _, sub := range []string{"run", "check", "status"} {
-		out, code := runRelay(t, cfg, sub)
-		if code == 0 {
-			t.Errorf("relay %s exited 0 with a wrong password:\n%s", sub, out)
-		}
-		if !strings.Contains(out, "password authentication failed") {
-			t.Errorf("relay %s does not say why it failed:\n%s", sub, out)
-		}
-		if strings.Contains(out, secret) || strings.Contains(out, "hunter2") {
-			t.Errorf("relay %s printed the password:\n%s", sub, out)
+	for _, conn := range []struct{ form, url string }{{"url", url}, {"dsn", dsn}} {
+		cfg := fmt.Sprintf("postgres:\n  url: %q\nkafka:\n  brokers: [%q]\nlog:\n  level: debug\n", conn.url, freeAddr(t))
+		for _, sub := range []string{"run", "check", "status"} {
+			out, code := runRelay(t, cfg, sub)
+			if code == 0 {
+				t.Errorf("relay %s (%s) exited 0 with a wrong password:\n%s", sub, conn.form, out)
+			}
+			if !strings.Contains(out, "password authentication failed") {
+				t.Errorf("relay %s (%s) does not say why it failed:\n%s", sub, conn.form, out)
+			}
+			if strings.Contains(out, secret) || strings.Contains(out, "hunter2") {
+				t.Errorf("relay %s (%s) printed the password:\n%s", sub, conn.form, out)
+			}
 		}
 	}
 }
