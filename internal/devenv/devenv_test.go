@@ -350,3 +350,81 @@ func TestReadAllStopsAfterTransactionMarker(t *testing.T) {
 		t.Fatalf("ReadAll = %+v, %v", recs, err)
 	}
 }
+
+// Every major version the relay supports starts from its own binaries.
+func TestPostgresVersions(t *testing.T) {
+	for _, v := range []int{15, 16, 17, 18} {
+		t.Run(fmt.Sprint(v), func(t *testing.T) {
+			devenvtest.RequirePostgres(t, v)
+			pg := devenvtest.Postgres(t, devenv.PostgresOptions{Version: v})
+			if pg.Version() != v {
+				t.Errorf("Version() = %d, want %d", pg.Version(), v)
+			}
+			got, err := queryString(context.Background(), pg.SuperURL(), "SELECT current_setting('server_version_num')")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(got, fmt.Sprint(v)) {
+				t.Errorf("server_version_num = %s, want %d", got, v)
+			}
+			// The npm builds must carry pgoutput.
+			if err := pg.Exec(context.Background(), "SELECT pg_create_logical_replication_slot('t', 'pgoutput')"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// A cold copy of a stopped primary streams from it as a standby and can be
+// promoted.
+func TestPostgresStandby(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	primary := devenvtest.Postgres(t, devenv.PostgresOptions{})
+	if err := primary.Exec(ctx, "CREATE TABLE t (n int); INSERT INTO t VALUES (1); SELECT pg_create_physical_replication_slot('standby')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := primary.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	standby := devenvtest.Postgres(t, devenv.PostgresOptions{
+		DataFrom: primary.DataDir(),
+		Standby:  true,
+		Settings: map[string]string{
+			"primary_conninfo":            fmt.Sprintf("host=127.0.0.1 port=%d user=postgres", primary.Port()),
+			"primary_slot_name":           "standby",
+			"wal_retrieve_retry_interval": "100ms",
+		},
+	})
+	if standby.Port() == primary.Port() {
+		t.Fatal("standby got the primary's port")
+	}
+	if err := primary.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := primary.Exec(ctx, "INSERT INTO t VALUES (2)"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := queryString(ctx, standby.SuperURL(), "SELECT pg_is_in_recovery()::text"); got != "true" {
+		t.Fatalf("standby: pg_is_in_recovery = %q", got)
+	}
+	for {
+		got, err := queryString(ctx, standby.SuperURL(), "SELECT count(*)::text FROM t")
+		if err == nil && got == "2" {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("standby never received the second row: %q, %v", got, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := primary.StopImmediate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.Exec(ctx, "INSERT INTO t VALUES (3)"); err != nil {
+		t.Fatalf("writing on the promoted standby: %v", err)
+	}
+}

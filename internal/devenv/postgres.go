@@ -66,6 +66,21 @@ type PostgresOptions struct {
 	// postgres.log in the data directory. Writes must not block for long:
 	// the server stalls while its log pipe is full.
 	Log io.Writer
+	// Version is the PostgreSQL major version to run (15, 16, ...). Zero
+	// means the default binaries: RELAY_TEST_PG_BIN (a bin directory),
+	// else RELAY_TEST_PG_VERSION (a major version), else PATH, else the
+	// Debian packages. A major version is looked up in the Debian
+	// location, then in the cache .ci/ensure-postgres-versions fills
+	// (RELAY_PG_CACHE, see PGCacheDir).
+	Version int
+	// DataFrom is the data directory of a cleanly stopped cluster (the
+	// DataDir of another Postgres after Stop): the new server starts on a
+	// copy of it instead of a fresh initdb, with Settings, HBA and its own
+	// port and socket applied on top. Used to make a physical standby.
+	DataFrom string
+	// Standby starts the server as a standby (a standby.signal file);
+	// primary_conninfo and friends go into Settings. Needs DataFrom.
+	Standby bool
 }
 
 // Postgres is a throwaway PostgreSQL server.
@@ -92,7 +107,10 @@ type Postgres struct {
 // StartPostgres creates a new cluster in a temporary directory and starts a
 // server on a free port. The caller must Close it.
 func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error) {
-	bins, err := findPGBinaries()
+	if opts.Standby && opts.DataFrom == "" {
+		return nil, errors.New("starting a PostgreSQL standby: Standby needs DataFrom")
+	}
+	bins, err := pgBinariesFor(opts.Version)
 	if err != nil {
 		return nil, err
 	}
@@ -123,14 +141,19 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("making %s traversable: %w", dir, err)
 	}
-	if err := os.Mkdir(p.dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating PostgreSQL data dir: %w", err)
+	if opts.DataFrom == "" {
+		if err := os.Mkdir(p.dataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating PostgreSQL data dir: %w", err)
+		}
 	}
 	if err := os.Mkdir(p.sockDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating PostgreSQL socket dir: %w", err)
 	}
 	if owner != nil {
 		for _, d := range []string{dir, p.dataDir, p.sockDir} {
+			if opts.DataFrom != "" && d == p.dataDir {
+				continue // made by the copy below, as the owner
+			}
 			if err := os.Chown(d, int(owner.Uid), int(owner.Gid)); err != nil {
 				return nil, fmt.Errorf("handing %s to the postgres user: %w", d, err)
 			}
@@ -141,10 +164,16 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		return nil, err
 	}
 
-	initdb := p.command(ctx, bins.initdb, "-D", p.dataDir, "-U", "postgres",
-		"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
-	if out, err := initdb.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("initdb in %s: %w\n%s", p.dataDir, err, bytes.TrimSpace(out))
+	if opts.DataFrom != "" {
+		if err := p.copyData(ctx, opts.DataFrom, opts.Standby); err != nil {
+			return nil, err
+		}
+	} else {
+		initdb := p.command(ctx, bins.initdb, "-D", p.dataDir, "-U", "postgres",
+			"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+		if out, err := initdb.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("initdb in %s: %w\n%s", p.dataDir, err, bytes.TrimSpace(out))
+		}
 	}
 	if err := p.writeConfig(opts); err != nil {
 		return nil, err
@@ -155,7 +184,7 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 	} else {
 		// initdb wants an empty data dir, so the log file can only be
 		// created now.
-		f, err := os.OpenFile(filepath.Join(p.dataDir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		f, err := os.OpenFile(filepath.Join(p.dataDir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("creating PostgreSQL log file: %w", err)
 		}
@@ -209,6 +238,31 @@ func (p *Postgres) Port() int { return p.port }
 // DataDir returns the cluster's data directory.
 func (p *Postgres) DataDir() string { return p.dataDir }
 
+// Version returns the server's major version (15, 16, ...).
+func (p *Postgres) Version() int { return p.bins.major }
+
+// copyData makes the data dir a copy of src, a cleanly stopped cluster's,
+// copied as the server's owner so that ownership and modes carry over.
+func (p *Postgres) copyData(ctx context.Context, src string, standby bool) error {
+	if _, err := os.Stat(filepath.Join(src, "postmaster.pid")); err == nil {
+		return fmt.Errorf("copying PostgreSQL data dir %s: it has a postmaster.pid, stop that server first", src)
+	}
+	cmd := p.command(ctx, "cp", "-a", src, p.dataDir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("copying PostgreSQL data dir %s: %w\n%s", src, err, bytes.TrimSpace(out))
+	}
+	if !standby {
+		return nil
+	}
+	// Written as the owner too: the server must be able to remove it
+	// when promoted.
+	cmd = p.command(ctx, "touch", filepath.Join(p.dataDir, "standby.signal"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("creating standby.signal: %w\n%s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
 // Restart restarts the server with a fast shutdown, which disconnects every
 // client, and waits until it accepts connections on the same port again. A
 // stopped server is just started.
@@ -237,6 +291,34 @@ func (p *Postgres) Stop() error {
 		return err
 	}
 	p.running = false
+	return nil
+}
+
+// StopImmediate shuts the server down with an immediate shutdown: no
+// checkpoint, clients cut off, the next start runs crash recovery, as
+// after a crash of the machine. Stopping a stopped server does nothing.
+func (p *Postgres) StopImmediate() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || !p.running {
+		return nil
+	}
+	if err := p.pgCtlStop("immediate"); err != nil {
+		return err
+	}
+	p.running = false
+	return nil
+}
+
+// Promote promotes a standby to primary and waits until it is done.
+func (p *Postgres) Promote(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cmd := p.command(ctx, p.bins.pgCtl, "-D", p.dataDir, "-w",
+		"-t", strconv.Itoa(int(pgCtlTimeout/time.Second)), "promote")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_ctl promote (data dir %s): %w\n%s", p.dataDir, err, bytes.TrimSpace(out))
+	}
 	return nil
 }
 
@@ -491,24 +573,85 @@ func toolEnv() []string {
 	return append(env, "LC_ALL=C", "LANG=C")
 }
 
-type pgBinaries struct{ initdb, pgCtl string }
+type pgBinaries struct {
+	initdb, pgCtl string
+	major         int
+}
 
 var (
-	pgBinOnce sync.Once
-	pgBins    pgBinaries
-	pgBinsErr error
+	pgBinMu sync.Mutex
+	pgBins  = map[int]pgBinaries{}
 )
 
-// findPGBinaries prefers PATH so a developer's own PostgreSQL wins, and
-// falls back to the Debian location. The three binaries must come from the
-// same place: pg_ctl runs the postgres next to it, and mixing versions
-// fails in confusing ways.
-func findPGBinaries() (pgBinaries, error) {
-	pgBinOnce.Do(func() {
-		names := []string{"initdb", "pg_ctl", "postgres"}
-		if paths, ok := lookAll(names, func(n string) (string, error) { return exec.LookPath(n) }); ok {
-			pgBins = pgBinaries{initdb: paths[0], pgCtl: paths[1]}
-			return
+// Environment variables that pick the default server binaries.
+const (
+	envPGBin     = "RELAY_TEST_PG_BIN"
+	envPGVersion = "RELAY_TEST_PG_VERSION"
+	envPGCache   = "RELAY_PG_CACHE"
+)
+
+// PGCacheDir is where .ci/ensure-postgres-versions installs server
+// binaries, one major version per subdirectory (<dir>/17/bin):
+// RELAY_PG_CACHE, else /var/cache/relay-postgres as root (the postgres
+// user must be able to reach it, which it cannot under /root), else
+// relay-postgres in the user's cache dir. The script computes the same.
+func PGCacheDir() string {
+	if d := os.Getenv(envPGCache); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/cache/relay-postgres"
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "relay-postgres")
+	}
+	return filepath.Join(os.TempDir(), "relay-postgres")
+}
+
+// FindPostgres reports whether the server binaries of a major version (0:
+// the default ones, see PostgresOptions.Version) are installed, and
+// returns their major version.
+func FindPostgres(version int) (int, error) {
+	b, err := pgBinariesFor(version)
+	return b.major, err
+}
+
+func pgBinariesFor(version int) (pgBinaries, error) {
+	pgBinMu.Lock()
+	defer pgBinMu.Unlock()
+	if b, ok := pgBins[version]; ok {
+		return b, nil
+	}
+	b, err := findPGBinaries(version)
+	if err != nil {
+		return b, err
+	}
+	pgBins[version] = b
+	return b, nil
+}
+
+// findPGBinaries looks for initdb, pg_ctl and postgres. The three must come
+// from the same place: pg_ctl runs the postgres next to it, and mixing
+// versions fails in confusing ways.
+func findPGBinaries(version int) (pgBinaries, error) {
+	if version == 0 {
+		if dir := os.Getenv(envPGBin); dir != "" {
+			b, err := binariesIn(dir)
+			if err != nil {
+				return b, fmt.Errorf("%s=%s: %w", envPGBin, dir, err)
+			}
+			return b, nil
+		}
+		if v := os.Getenv(envPGVersion); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return pgBinaries{}, fmt.Errorf("%s=%q: want a PostgreSQL major version such as 17", envPGVersion, v)
+			}
+			return findPGBinaries(n)
+		}
+		// PATH first so a developer's own PostgreSQL wins.
+		if paths, ok := lookAll(pgNames, func(n string) (string, error) { return exec.LookPath(n) }); ok {
+			return withVersion(pgBinaries{initdb: paths[0], pgCtl: paths[1]}, filepath.Join(filepath.Dir(paths[1]), "postgres"))
 		}
 		// Debian installs each major version side by side; 15 is what the
 		// project targets, any other found is better than none.
@@ -518,24 +661,66 @@ func findPGBinaries() (pgBinaries, error) {
 			dirs = append(dirs, more...)
 		}
 		for _, dir := range dirs {
-			if paths, ok := lookAll(names, func(n string) (string, error) {
-				path := filepath.Join(dir, n)
-				fi, err := os.Stat(path)
-				if err != nil {
-					return "", err
-				}
-				if fi.Mode()&0o111 == 0 {
-					return "", fmt.Errorf("%s is not executable", path)
-				}
-				return path, nil
-			}); ok {
-				pgBins = pgBinaries{initdb: paths[0], pgCtl: paths[1]}
-				return
+			if b, err := binariesIn(dir); err == nil {
+				return b, nil
 			}
 		}
-		pgBinsErr = fmt.Errorf("PostgreSQL server binaries not found: install the Debian package postgresql (looked for initdb, pg_ctl and postgres on PATH and in %s)", debianPGBin)
+		return pgBinaries{}, fmt.Errorf("PostgreSQL server binaries not found: install the Debian package postgresql (looked for initdb, pg_ctl and postgres on PATH and in %s)", debianPGBin)
+	}
+	dirs := []string{
+		fmt.Sprintf("/usr/lib/postgresql/%d/bin", version),
+		filepath.Join(PGCacheDir(), strconv.Itoa(version), "bin"),
+	}
+	for _, dir := range dirs {
+		b, err := binariesIn(dir)
+		if err != nil {
+			continue
+		}
+		if b.major != version {
+			return b, fmt.Errorf("PostgreSQL %d wanted, but %s has PostgreSQL %d", version, dir, b.major)
+		}
+		return b, nil
+	}
+	return pgBinaries{}, fmt.Errorf("PostgreSQL %d server binaries not found in %s: run .ci/ensure-postgres-versions (or set %s to a bin directory)", version, strings.Join(dirs, " or "), envPGBin)
+}
+
+var pgNames = []string{"initdb", "pg_ctl", "postgres"}
+
+func binariesIn(dir string) (pgBinaries, error) {
+	paths, ok := lookAll(pgNames, func(n string) (string, error) {
+		path := filepath.Join(dir, n)
+		fi, err := os.Stat(path)
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("%s is not executable", path)
+		}
+		return path, nil
 	})
-	return pgBins, pgBinsErr
+	if !ok {
+		return pgBinaries{}, fmt.Errorf("no initdb, pg_ctl and postgres in %s", dir)
+	}
+	return withVersion(pgBinaries{initdb: paths[0], pgCtl: paths[1]}, paths[2])
+}
+
+// withVersion asks the postgres binary for its major version, which also
+// proves it runs (the npm builds carry their own libraries).
+func withVersion(b pgBinaries, postgres string) (pgBinaries, error) {
+	out, err := exec.Command(postgres, "--version").Output()
+	if err != nil {
+		return b, fmt.Errorf("running %s --version: %w", postgres, err)
+	}
+	// "postgres (PostgreSQL) 17.10" or "... 15.14 (Debian 15.14-0+deb12u1)"
+	f := strings.Fields(string(out))
+	if len(f) < 3 {
+		return b, fmt.Errorf("%s --version printed %q", postgres, out)
+	}
+	major, _, _ := strings.Cut(f[2], ".")
+	if b.major, err = strconv.Atoi(major); err != nil {
+		return b, fmt.Errorf("%s --version printed %q", postgres, out)
+	}
+	return b, nil
 }
 
 func lookAll(names []string, look func(string) (string, error)) ([]string, bool) {
