@@ -256,7 +256,10 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 		if len(names) > 0 {
 			sql += " FOR TABLE " + strings.Join(names, ", ")
 		}
-		sql += " WITH (publish = '" + publish + "')"
+		// publish_via_partition_root: rows of a partitioned outbox table
+		// (pkg/outbox's CreatePartitionedTable) arrive under the table's own
+		// name, which is the one configured, instead of their partition's.
+		sql += " WITH (publish = '" + publish + "', publish_via_partition_root = true)"
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return classify(fmt.Errorf("creating publication %q (%s): %w", pg.Publication, sql, err), err)
 		}
