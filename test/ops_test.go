@@ -247,7 +247,7 @@ func TestCheck(t *testing.T) {
 		{"missing-column", e.config("outbox:\n  - table: public.nopayload\n"),
 			[]string{`✗ table public.nopayload: outbox table public.nopayload has no column "payload" (outbox.columns.payload)`}},
 		{"bad-type", e.config("outbox:\n  - table: public.intpayload\n"),
-			[]string{`✗ table public.intpayload: column "payload" (outbox[0].columns.payload) is integer, needs jsonb, json, text, varchar or bytea`}},
+			[]string{`✗ table public.intpayload: outbox table public.intpayload: column "payload" (outbox.columns.payload) is integer, payload needs jsonb, json, bytea, text or varchar`}},
 		{"missing-topic", e.config("outbox:\n  - table: public.outbox\n    topic: fixed.events\n"),
 			[]string{"✗ topic fixed.events: does not exist"}},
 		{"no-replication", strings.Replace(e.config(""), e.url(), e.pg.URL("norepl", e.db), 1),

@@ -142,6 +142,7 @@ func TestStartupErrors(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.exec("CREATE ROLE norepl LOGIN", e.db)
 	e.exec("CREATE TABLE public.nopayload (id uuid, aggregatetype text, aggregateid text, type text)", e.db)
+	e.exec("CREATE TABLE public.jsonid (id jsonb, aggregatetype text, aggregateid numeric, type text, payload integer)", e.db)
 	e.exec("SELECT pg_create_logical_replication_slot('other_plugin', 'test_decoding')", e.db)
 	cases := []struct {
 		name, cfg string
@@ -149,6 +150,8 @@ func TestStartupErrors(t *testing.T) {
 	}{
 		{"missing table", e.config("outbox:\n  - table: public.missing\n"), []string{"public.missing", "does not exist"}},
 		{"missing column", e.config("outbox:\n  - table: public.nopayload\n"), []string{"public.nopayload", `"payload"`}},
+		{"unusable column types", e.config("outbox:\n  - table: public.jsonid\n"),
+			[]string{"public.jsonid", `"id" (outbox.columns.id) is jsonb`, `"aggregateid" (outbox.columns.key) is numeric`, `"payload" (outbox.columns.payload) is integer`}},
 		{"no replication privilege", strings.Replace(e.config(""), "postgres@", "norepl@", 1), []string{"norepl", "REPLICATION"}},
 		{"slot with another plugin", strings.Replace(e.config(""), "postgres:\n", "postgres:\n  slot: other_plugin\n", 1), []string{"other_plugin", "test_decoding"}},
 		{"invalid config", e.config("outbox:\n  - table: public.outbox\n    on_update: explode\n"), []string{"outbox[0].on_update"}},

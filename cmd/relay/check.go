@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -133,58 +132,20 @@ func closeQuietly(conn *pgx.Conn) {
 	_ = conn.Close(ctx)
 }
 
-// Column types the decoder can turn into record parts. It reads every column
-// in its text form, so these are the types whose text form is what a consumer
-// expects: an id or key as written, a payload as JSON, text or raw bytes.
-var (
-	identTypes   = []string{"text", "character varying", "character", "name", "citext", "uuid"}
-	payloadTypes = []string{"jsonb", "json", "text", "character varying", "bytea"}
-	timeTypes    = []string{"timestamp with time zone", "timestamp without time zone"}
-	intTypes     = []string{"smallint", "integer", "bigint"}
-)
-
-// typeIn matches format_type output, which adds a length ("character
-// varying(255)") or a schema ("public.citext") to some types.
-func typeIn(typ string, allowed []string) bool {
-	base, _, _ := strings.Cut(typ, "(")
-	if i := strings.LastIndexByte(base, '.'); i >= 0 {
-		base = base[i+1:]
-	}
-	return slices.Contains(allowed, base)
-}
-
 func checkOutboxTable(ctx context.Context, c *checklist, conn *pgx.Conn, i int, t config.Table, redact func(error) string) {
 	what := "table " + t.Table
+	// CheckTable is the start-up check of `relay run` too, column types
+	// included, so check passes exactly what run accepts.
 	cols, err := logrepl.CheckTable(ctx, conn, t)
 	if err != nil {
 		fix := fmt.Sprintf("create the table, or point outbox[%d].table at it", i)
-		if cols != nil {
+		switch {
+		case errors.Is(err, logrepl.ErrColumnType):
+			fix = fmt.Sprintf("ALTER TABLE %s ALTER COLUMN ... TYPE ..., or map outbox[%d].columns to columns of a usable type", quoteTable(t.Table), i)
+		case cols != nil:
 			fix = fmt.Sprintf("add the column, or map outbox[%d].columns to existing ones", i)
 		}
 		c.fail(what, redact(err), fix)
-		return
-	}
-	var bad []string
-	need := func(key, col string, allowed []string, want string) {
-		if col == "" {
-			return
-		}
-		// Whether a column may be missing is CheckTable's call
-		// (on_missing_column); only the types of present ones are judged here.
-		if typ, ok := cols[col]; ok && !typeIn(typ, allowed) {
-			bad = append(bad, fmt.Sprintf("column %q (outbox[%d].%s) is %s, needs %s", col, i, key, typ, want))
-		}
-	}
-	const ident = "text, varchar or uuid"
-	need("columns.id", t.Columns.ID, identTypes, ident)
-	need("columns.key", t.Columns.Key, identTypes, ident)
-	need("columns.route_by", t.Columns.RouteBy, identTypes, ident)
-	need("columns.type", t.Columns.Type, identTypes, ident)
-	need("columns.payload", t.Columns.Payload, payloadTypes, "jsonb, json, text, varchar or bytea")
-	need("columns.timestamp", t.Columns.Timestamp, timeTypes, "timestamptz or timestamp")
-	need("partition_column", t.PartitionColumn, intTypes, "smallint, integer or bigint")
-	if len(bad) > 0 {
-		c.fail(what, strings.Join(bad, "; "), "ALTER TABLE ... ALTER COLUMN ... TYPE ..., or map the key to a column of a usable type")
 		return
 	}
 	c.ok(what, fmt.Sprintf("columns id=%s key=%s payload=%s (%s) route_by=%s type=%s",

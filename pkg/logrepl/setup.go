@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/decode"
 	"github.com/relay-dev/relay/pkg/fault"
 )
 
@@ -222,8 +223,37 @@ func CheckTable(ctx context.Context, conn *pgx.Conn, t config.Table) (map[string
 	if len(missing) > 0 {
 		return have, fault.Fatal(fmt.Errorf("outbox table %s has no column %s", t.Table, strings.Join(missing, ", ")))
 	}
+	var bad []string
+	judge := func(role decode.Role, key, col string) {
+		// Whether a column may be missing was decided above
+		// (on_missing_column); only present ones have a type to judge.
+		typ, ok := have[col]
+		if col == "" || !ok {
+			return
+		}
+		if err := decode.ColumnTypeOK(role, typ); err != nil {
+			bad = append(bad, fmt.Sprintf("column %q (outbox.%s) %v", col, key, err))
+		}
+	}
+	judge(decode.RoleID, "columns.id", t.Columns.ID)
+	judge(decode.RoleKey, "columns.key", t.Columns.Key)
+	judge(decode.RolePayload, "columns.payload", t.Columns.Payload)
+	judge(decode.RoleRouteBy, "columns.route_by", t.Columns.RouteBy)
+	judge(decode.RoleType, "columns.type", t.Columns.Type)
+	judge(decode.RoleTimestamp, "columns.timestamp", t.Columns.Timestamp)
+	judge(decode.RolePartition, "partition_column", t.PartitionColumn)
+	for col := range t.Headers {
+		judge(decode.RoleHeader, "headers", col)
+	}
+	if len(bad) > 0 {
+		return have, fault.Fatal(fmt.Errorf("outbox table %s: %s: %w", t.Table, strings.Join(bad, "; "), ErrColumnType))
+	}
 	return have, nil
 }
+
+// ErrColumnType means a mapped column's type is not one its role accepts
+// (decode.ColumnTypeOK).
+var ErrColumnType = errors.New("change the column's type (ALTER TABLE ... ALTER COLUMN ... TYPE ...) or map that role to a column of a usable type")
 
 func quotedTable(t config.Table) string {
 	schema, name, _ := config.SplitTable(t.Table)
