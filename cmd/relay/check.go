@@ -89,12 +89,12 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 func checkPostgres(ctx context.Context, c *checklist, cfg *config.Config) {
 	pg := cfg.Postgres
-	redact := func(err error) string { return config.RedactError(err, pg.URL) }
+	redact := func(err error) string { return pg.URL.RedactError(err) }
 	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(cctx, pg.URL)
+	conn, err := pgx.Connect(cctx, pg.URL.Reveal())
 	if err != nil {
-		c.fail("postgres", fmt.Sprintf("cannot connect to %s: %s", config.RedactURL(pg.URL), redact(err)),
+		c.fail("postgres", fmt.Sprintf("cannot connect to %s: %s", pg.URL.Redacted(), redact(err)),
 			"check postgres.url (host, port, database, user, password or password_file, sslmode) and that pg_hba.conf admits this host")
 		c.skip("postgres checks", "no connection")
 		return
@@ -106,7 +106,7 @@ func checkPostgres(ctx context.Context, c *checklist, cfg *config.Config) {
 		c.fail("postgres", "reading server details: "+redact(err), "")
 		return
 	}
-	c.ok("postgres", fmt.Sprintf("connected to %s as %s (PostgreSQL %s)", config.RedactURL(pg.URL), user, version))
+	c.ok("postgres", fmt.Sprintf("connected to %s as %s (PostgreSQL %s)", pg.URL.Redacted(), user, version))
 
 	if err := logrepl.CheckWALLevel(cctx, conn); err != nil {
 		c.fail("wal_level", redact(err), "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart Postgres")
@@ -376,14 +376,14 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	pg := cfg.Postgres
 	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(cctx, pg.URL)
+	conn, err := pgx.Connect(cctx, pg.URL.Reveal())
 	if err != nil {
-		return fmt.Errorf("connecting to postgres %s: %s", config.RedactURL(pg.URL), config.RedactError(err, pg.URL))
+		return fmt.Errorf("connecting to postgres %s: %s", pg.URL.Redacted(), pg.URL.RedactError(err))
 	}
 	defer closeQuietly(conn)
 	st, err := logrepl.ReadSlot(cctx, conn, pg.Slot)
 	if err != nil {
-		return errors.New(config.RedactError(err, pg.URL))
+		return errors.New(pg.URL.RedactError(err))
 	}
 	if !st.Exists {
 		return fmt.Errorf("replication slot %q does not exist (the relay creates it on its first start)", pg.Slot)
@@ -391,7 +391,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	lag, err := metrics.ReadSlotLag(cctx, conn, pg.Slot)
 	lagText := strconv.FormatInt(lag, 10)
 	if err != nil {
-		lagText = "unknown (" + config.RedactError(err, pg.URL) + ")"
+		lagText = "unknown (" + pg.URL.RedactError(err) + ")"
 	}
 	pid := "none (inactive)"
 	if st.Active {

@@ -48,7 +48,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	cfg := config.Default()
-	cfg.Postgres.URL = pg.SuperURL()
+	cfg.Postgres.URL = config.ConnString(pg.SuperURL())
 	cfg.Kafka.Brokers = []string{broker.Addr()}
 	cfg.Outbox = []config.Table{config.DefaultTable("public.outbox")}
 	cfg.Log.Format = "console"

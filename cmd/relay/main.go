@@ -123,7 +123,7 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		return err
 	}
 	defer stopHTTP()
-	log.Info().Str("version", version).Str("postgres", config.RedactURL(cfg.Postgres.URL)).
+	log.Info().Str("version", version).Str("postgres", cfg.Postgres.URL.Redacted()).
 		Strs("brokers", cfg.Kafka.Brokers).Str("slot", cfg.Postgres.Slot).Msg("relay starting")
 	return p.Run(ctx)
 }

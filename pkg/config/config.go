@@ -35,12 +35,12 @@ type Config struct {
 
 // Postgres says where the outbox lives and which slot and publication carry it.
 type Postgres struct {
-	URL               string `mapstructure:"url"`
-	PasswordFile      string `mapstructure:"password_file"`
-	Slot              string `mapstructure:"slot"`
-	Publication       string `mapstructure:"publication"`
-	CreatePublication bool   `mapstructure:"create_publication"`
-	CreateSlot        bool   `mapstructure:"create_slot"`
+	URL               ConnString `mapstructure:"url"`
+	PasswordFile      string     `mapstructure:"password_file"`
+	Slot              string     `mapstructure:"slot"`
+	Publication       string     `mapstructure:"publication"`
+	CreatePublication bool       `mapstructure:"create_publication"`
+	CreateSlot        bool       `mapstructure:"create_slot"`
 }
 
 // Kafka configures the producer. Delivery settings that the guarantees depend on
@@ -81,7 +81,7 @@ type TLS struct {
 type SASL struct {
 	Mechanism    string `mapstructure:"mechanism"`
 	Username     string `mapstructure:"username"`
-	Password     string `mapstructure:"password"`
+	Password     Secret `mapstructure:"password"`
 	PasswordFile string `mapstructure:"password_file"`
 }
 
@@ -290,7 +290,7 @@ func (c *Config) resolveSecrets() error {
 		if err != nil {
 			return fmt.Errorf("postgres.password_file: %w", err)
 		}
-		u, err := url.Parse(c.Postgres.URL)
+		u, err := url.Parse(c.Postgres.URL.Reveal())
 		if err != nil || u.Scheme == "" {
 			return errors.New("postgres.password_file needs postgres.url in URL form (postgres://user@host/db)")
 		}
@@ -299,7 +299,7 @@ func (c *Config) resolveSecrets() error {
 			user = u.User.Username()
 		}
 		u.User = url.UserPassword(user, pw)
-		c.Postgres.URL = u.String()
+		c.Postgres.URL = ConnString(u.String())
 	}
 	if c.Kafka.SASL.PasswordFile != "" {
 		if c.Kafka.SASL.Password != "" {
@@ -310,7 +310,7 @@ func (c *Config) resolveSecrets() error {
 		if err != nil {
 			return fmt.Errorf("kafka.sasl.password_file: %w", err)
 		}
-		c.Kafka.SASL.Password = pw
+		c.Kafka.SASL.Password = Secret(pw)
 	}
 	return nil
 }

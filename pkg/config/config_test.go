@@ -122,7 +122,7 @@ outbox:
 	if cfg.Outbox[0].Topic != "events.${routedByValue}" {
 		t.Errorf("topic placeholder was expanded: %s", cfg.Outbox[0].Topic)
 	}
-	if r := RedactURL(cfg.Postgres.URL); strings.Contains(r, "s3cr3t") {
+	if r := cfg.Postgres.URL.Redacted(); strings.Contains(r, "s3cr3t") {
 		t.Errorf("RedactURL leaked the password: %s", r)
 	}
 }

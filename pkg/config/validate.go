@@ -31,8 +31,8 @@ func (c *Config) Validate() error {
 	case c.Postgres.URL == "":
 		add("postgres.url: required (or set RELAY_POSTGRES_URL)")
 	default:
-		if _, err := pgx.ParseConfig(c.Postgres.URL); err != nil {
-			add("postgres.url: cannot parse: %s", RedactError(err, c.Postgres.URL))
+		if _, err := pgx.ParseConfig(c.Postgres.URL.Reveal()); err != nil {
+			add("postgres.url: cannot parse: %s", c.Postgres.URL.RedactError(err))
 		}
 	}
 	if !slotName.MatchString(c.Postgres.Slot) {

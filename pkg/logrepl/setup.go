@@ -70,9 +70,9 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 	// timeout; a bounded attempt turns it into a retry with a clear reason.
 	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, pg.URL)
+	conn, err := pgx.Connect(ctx, pg.URL.Reveal())
 	if err != nil {
-		return 0, classify(fmt.Errorf("connecting to postgres %s: %s", config.RedactURL(pg.URL), config.RedactError(err, pg.URL)), err)
+		return 0, classify(fmt.Errorf("connecting to postgres %s: %s", pg.URL.Redacted(), pg.URL.RedactError(err)), err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 

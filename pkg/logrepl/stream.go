@@ -78,7 +78,7 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	if s.Stats == nil {
 		s.Stats = &Stats{}
 	}
-	connURL, err := replicationURL(s.PG.URL)
+	connURL, err := replicationURL(s.PG.URL.Reveal())
 	if err != nil {
 		return fault.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	conn, err := pgconn.Connect(cctx, connURL)
 	cancel()
 	if err != nil {
-		return classify(fmt.Errorf("replication connection to %s: %s", config.RedactURL(s.PG.URL), config.RedactError(err, s.PG.URL)), err)
+		return classify(fmt.Errorf("replication connection to %s: %s", s.PG.URL.Redacted(), s.PG.URL.RedactError(err)), err)
 	}
 	s.conn = conn
 	defer func() {
@@ -348,7 +348,7 @@ func (s *Stream) touch() { s.Stats.LastProgress.Store(time.Now().UnixNano()) }
 func (s *Stream) catchUpWithSlot(hard context.Context) {
 	ctx, cancel := context.WithTimeout(hard, 10*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, s.PG.URL)
+	conn, err := pgx.Connect(ctx, s.PG.URL.Reveal())
 	if err != nil {
 		return
 	}

@@ -96,7 +96,7 @@ func (m *Metrics) SampleSlotLag(ctx context.Context, pg config.Postgres, interva
 			return
 		case err != nil:
 			m.slotLag.set(0, false)
-			msg := config.RedactError(err, pg.URL)
+			msg := pg.URL.RedactError(err)
 			if msg != lastErr {
 				ev := log.Warn()
 				warned = !errors.Is(err, ErrNoSlot)
@@ -119,9 +119,9 @@ func (m *Metrics) sampleOnce(ctx context.Context, conn **pgx.Conn, pg config.Pos
 	ctx, cancel := context.WithTimeout(ctx, max(timeout, 5*time.Second))
 	defer cancel()
 	if *conn == nil {
-		c, err := pgx.Connect(ctx, pg.URL)
+		c, err := pgx.Connect(ctx, pg.URL.Reveal())
 		if err != nil {
-			return fmt.Errorf("connecting to postgres %s: %w", config.RedactURL(pg.URL), err)
+			return fmt.Errorf("connecting to postgres %s: %w", pg.URL.Redacted(), err)
 		}
 		*conn = c
 	}

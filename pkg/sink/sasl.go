@@ -26,7 +26,7 @@ func configureSASL(sc *sarama.Config, s config.SASL) error {
 	sc.Net.SASL.Enable = true
 	sc.Net.SASL.Handshake = true
 	sc.Net.SASL.User = s.Username
-	sc.Net.SASL.Password = s.Password
+	sc.Net.SASL.Password = s.Password.Reveal()
 	switch s.Mechanism {
 	case "PLAIN":
 		sc.Net.SASL.Mechanism = sarama.SASLTypePlaintext
@@ -204,7 +204,7 @@ func isAuthFailure(err error) bool {
 func authError(s config.SASL, err error) error {
 	msg := err.Error()
 	if s.Password != "" {
-		msg = strings.ReplaceAll(msg, s.Password, "xxxxx")
+		msg = strings.ReplaceAll(msg, s.Password.Reveal(), "xxxxx")
 	}
 	return fault.Fatal(fmt.Errorf("kafka rejected SASL %s authentication for user %q: %s; retrying cannot fix this: check kafka.sasl.username and the password (kafka.sasl.password_file or RELAY_KAFKA_SASL_PASSWORD) and that the user exists on the brokers for %s",
 		s.Mechanism, s.Username, msg, s.Mechanism))
