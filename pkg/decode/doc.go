@@ -1,7 +1,8 @@
 // Package decode turns pgoutput logical replication messages into outbox events.
 //
-// Parser reads the pgoutput wire format (protocol version 1) without copying:
-// tuple values alias the message buffer. Decoder sits on top of it: it learns
+// Decoder reads the pgoutput wire format (protocol version 1) with the parser
+// in internal/pgoutput, which does not copy: tuple values alias the message
+// buffer, and the Events Decoder returns own copies of what they keep. It learns
 // the column layout of each relation from Relation messages, maps inserts into
 // configured outbox tables to Events following Debezium's Outbox Event Router
 // conventions (topic from the route-by column, key, payload, id and type

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/decode/internal/pgoutput"
 )
 
 // Header is one Kafka record header.
@@ -81,7 +82,7 @@ type Result struct {
 // Decoder maps pgoutput messages to events. It is not safe for concurrent use:
 // one replication stream owns one Decoder.
 type Decoder struct {
-	p        Parser
+	p        pgoutput.Parser
 	log      zerolog.Logger
 	tables   map[string]*rule // by "schema.table"
 	rels     map[uint32]*relation
@@ -226,7 +227,7 @@ func NewDecoder(tables []config.Table, messages []config.Message, log zerolog.Lo
 
 const byteaOID = 17
 
-func (d *Decoder) learnRelation(rel *Relation) error {
+func (d *Decoder) learnRelation(rel *pgoutput.Relation) error {
 	full := rel.Namespace + "." + rel.Name
 	r := &relation{name: full, rule: d.tables[full]}
 	d.rels[rel.ID] = r
@@ -316,14 +317,14 @@ func (d *Decoder) Decode(data []byte) (Result, error) {
 		return Result{}, err
 	}
 	switch typ {
-	case MsgBegin:
-		d.commitAt = TimeFromPG(d.p.Begin.CommitTime)
+	case pgoutput.MsgBegin:
+		d.commitAt = pgoutput.TimeFromPG(d.p.Begin.CommitTime)
 		return Result{Kind: KindBegin, LSN: pglogrepl.LSN(d.p.Begin.FinalLSN), CommitTime: d.commitAt}, nil
-	case MsgCommit:
-		return Result{Kind: KindCommit, LSN: pglogrepl.LSN(d.p.Commit.EndLSN), CommitTime: TimeFromPG(d.p.Commit.CommitTime)}, nil
-	case MsgRelation:
+	case pgoutput.MsgCommit:
+		return Result{Kind: KindCommit, LSN: pglogrepl.LSN(d.p.Commit.EndLSN), CommitTime: pgoutput.TimeFromPG(d.p.Commit.CommitTime)}, nil
+	case pgoutput.MsgRelation:
 		return Result{}, d.learnRelation(&d.p.Relation)
-	case MsgInsert:
+	case pgoutput.MsgInsert:
 		rel, ok := d.rels[d.p.Insert.RelationID]
 		if !ok {
 			return Result{}, fmt.Errorf("insert for relation %d before its Relation message", d.p.Insert.RelationID)
@@ -336,9 +337,9 @@ func (d *Decoder) Decode(data []byte) (Result, error) {
 			return Result{}, err
 		}
 		return Result{Kind: KindEvent, Event: ev}, nil
-	case MsgUpdate:
+	case pgoutput.MsgUpdate:
 		return Result{}, d.update()
-	case MsgMessage:
+	case pgoutput.MsgMessage:
 		return d.message()
 	}
 	// Deletes are the normal cleanup of an outbox and carry no event; origin,
@@ -366,7 +367,7 @@ func (d *Decoder) update() error {
 	return nil
 }
 
-func colText(cols []Column, i int) ([]byte, bool) {
+func colText(cols []pgoutput.Column, i int) ([]byte, bool) {
 	c := cols[i]
 	switch c.Kind {
 	case 't', 'b':
@@ -375,7 +376,7 @@ func colText(cols []Column, i int) ([]byte, bool) {
 	return nil, false
 }
 
-func (d *Decoder) insert(rel *relation, cols []Column) (*Event, error) {
+func (d *Decoder) insert(rel *relation, cols []pgoutput.Column) (*Event, error) {
 	cfg := &rel.rule.cfg
 	for _, i := range []int{rel.id, rel.key, rel.pay, rel.route, rel.typ, rel.ts, rel.part} {
 		if i >= len(cols) {

@@ -12,6 +12,15 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/decode/internal/pgoutput"
+	"github.com/relay-dev/relay/pkg/decode/internal/pgoutput/pgoutputtest"
+)
+
+// Short names for the two wire values the mapping tests below use in almost
+// every row.
+var (
+	txt     = pgoutputtest.Text
+	colNull = pgoutputtest.Null
 )
 
 // Type OIDs of the payload types an outbox may use.
@@ -27,14 +36,14 @@ const (
 )
 
 func outboxRelation(id uint32, ns, name string, payloadOID uint32, extra ...string) []byte {
-	cols := []RelColumn{
+	cols := []pgoutput.RelColumn{
 		{Name: "id", TypeOID: oidUUID}, {Name: "aggregatetype", TypeOID: oidText}, {Name: "aggregateid", TypeOID: oidText},
 		{Name: "type", TypeOID: oidText}, {Name: "payload", TypeOID: payloadOID},
 	}
 	for _, e := range extra {
-		cols = append(cols, RelColumn{Name: e, TypeOID: oidText})
+		cols = append(cols, pgoutput.RelColumn{Name: e, TypeOID: oidText})
 	}
-	return buildRelation(Relation{ID: id, Namespace: ns, Name: name, Columns: cols})
+	return pgoutputtest.Relation(pgoutput.Relation{ID: id, Namespace: ns, Name: name, Columns: cols})
 }
 
 // withDefaults fills what config.Load would: the Debezium defaults.
@@ -136,27 +145,27 @@ func header(ev *Event, key string) ([]byte, bool) {
 
 func TestDecodeDebeziumDefaults(t *testing.T) {
 	d := newTestDecoder(t, config.Table{Table: "public.outbox"})
-	r := decodeOK(t, d, buildBegin(Begin{FinalLSN: 100, CommitTime: 1_000_000}))
+	r := decodeOK(t, d, pgoutputtest.Begin(pgoutput.Begin{FinalLSN: 100, CommitTime: 1_000_000}))
 	if r.Kind != KindBegin || r.LSN != 100 {
 		t.Fatalf("begin: %+v", r)
 	}
 	decodeOK(t, d, outboxRelation(7, "public", "outbox", oidJSONB))
-	ev := eventOf(t, d, buildInsert(7, []Column{txt("0b0e-id"), txt("Order"), txt("o-1"), txt("OrderCreated"), txt(`{"a": 1}`)}))
+	ev := eventOf(t, d, pgoutputtest.Insert(7, []pgoutput.Column{txt("0b0e-id"), txt("Order"), txt("o-1"), txt("OrderCreated"), txt(`{"a": 1}`)}))
 	if ev.Topic != "outbox.event.Order" || string(ev.Key) != "o-1" || string(ev.Value) != `{"a": 1}` || ev.ID != "0b0e-id" || ev.Partition != -1 {
 		t.Fatalf("event: %+v", ev)
 	}
 	if len(ev.Headers) != 2 || ev.Headers[0].Key != "id" || string(ev.Headers[0].Value) != "0b0e-id" || ev.Headers[1].Key != "type" || string(ev.Headers[1].Value) != "OrderCreated" {
 		t.Fatalf("headers: %+v", ev.Headers)
 	}
-	if !ev.Timestamp.Equal(TimeFromPG(1_000_000)) {
+	if !ev.Timestamp.Equal(pgoutput.TimeFromPG(1_000_000)) {
 		t.Fatalf("timestamp %v is not the commit time", ev.Timestamp)
 	}
 	// A NULL key is no key, not an empty one.
-	ev = eventOf(t, d, buildInsert(7, []Column{txt("id-2"), txt("Order"), colNull, txt("T"), txt("{}")}))
+	ev = eventOf(t, d, pgoutputtest.Insert(7, []pgoutput.Column{txt("id-2"), txt("Order"), colNull, txt("T"), txt("{}")}))
 	if ev.Key != nil {
 		t.Fatalf("NULL aggregateid gave key %q", ev.Key)
 	}
-	r = decodeOK(t, d, buildCommit(Commit{CommitLSN: 100, EndLSN: 120}))
+	r = decodeOK(t, d, pgoutputtest.Commit(pgoutput.Commit{CommitLSN: 100, EndLSN: 120}))
 	if r.Kind != KindCommit || r.LSN != 120 {
 		t.Fatalf("commit: %+v (want the end LSN)", r)
 	}
@@ -165,7 +174,7 @@ func TestDecodeDebeziumDefaults(t *testing.T) {
 func TestDecodeEventDoesNotAliasTheBuffer(t *testing.T) {
 	d := newTestDecoder(t, config.Table{Table: "public.outbox", Headers: map[string]string{"tenant": "t"}})
 	decodeOK(t, d, outboxRelation(7, "public", "outbox", oidText, "tenant"))
-	msg := buildInsert(7, []Column{txt("id-1"), txt("Order"), txt("key"), txt("T"), txt("payload"), txt("acme")})
+	msg := pgoutputtest.Insert(7, []pgoutput.Column{txt("id-1"), txt("Order"), txt("key"), txt("T"), txt("payload"), txt("acme")})
 	ev := eventOf(t, d, msg)
 	for i := range msg {
 		msg[i] = 'X'
@@ -188,14 +197,14 @@ func TestDecodeCustomMapping(t *testing.T) {
 		Headers:         map[string]string{"tenant_id": "tenant", "region": ""},
 		PartitionColumn: "shard",
 	})
-	decodeOK(t, d, buildBegin(Begin{FinalLSN: 1, CommitTime: 5_000_000}))
-	decodeOK(t, d, buildRelation(Relation{ID: 9, Namespace: "public", Name: "orders_outbox", Columns: []RelColumn{
+	decodeOK(t, d, pgoutputtest.Begin(pgoutput.Begin{FinalLSN: 1, CommitTime: 5_000_000}))
+	decodeOK(t, d, pgoutputtest.Relation(pgoutput.Relation{ID: 9, Namespace: "public", Name: "orders_outbox", Columns: []pgoutput.RelColumn{
 		{Name: "shard", TypeOID: oidInt4}, {Name: "event_id", TypeOID: oidUUID}, {Name: "agg_type", TypeOID: oidText},
 		{Name: "agg_id", TypeOID: oidText}, {Name: "event_type", TypeOID: oidText}, {Name: "body", TypeOID: oidJSON},
 		{Name: "created_at", TypeOID: oidTSTZ}, {Name: "tenant_id", TypeOID: oidText}, {Name: "region", TypeOID: oidText},
 	}}))
-	row := func(shard, ts, tenant Column) []byte {
-		return buildInsert(9, []Column{shard, txt("e-1"), txt("Order"), txt("o-7"), txt("OrderPlaced"), txt(`{"n": 1}`), ts, tenant, txt("eu")})
+	row := func(shard, ts, tenant pgoutput.Column) []byte {
+		return pgoutputtest.Insert(9, []pgoutput.Column{shard, txt("e-1"), txt("Order"), txt("o-7"), txt("OrderPlaced"), txt(`{"n": 1}`), ts, tenant, txt("eu")})
 	}
 	ev := eventOf(t, d, row(txt("2"), txt("2026-01-02 03:04:05.5+01"), txt("acme")))
 	if ev.Topic != "orders.Order" || string(ev.Key) != "o-7" || string(ev.Value) != `{"n": 1}` || ev.ID != "e-1" || ev.Partition != 2 {
@@ -215,7 +224,7 @@ func TestDecodeCustomMapping(t *testing.T) {
 	// NULLs: the partitioner picks, the commit time stamps, and a NULL header
 	// column is a header with a null value (Debezium adds it too).
 	ev = eventOf(t, d, row(colNull, colNull, colNull))
-	if ev.Partition != -1 || !ev.Timestamp.Equal(TimeFromPG(5_000_000)) {
+	if ev.Partition != -1 || !ev.Timestamp.Equal(pgoutput.TimeFromPG(5_000_000)) {
 		t.Fatalf("NULL partition/timestamp: %+v", ev)
 	}
 	if v, ok := header(ev, "tenant"); !ok || v != nil {
@@ -272,7 +281,7 @@ func TestDecodeRouteRegex(t *testing.T) {
 			d, logs := newDecoderLog(t, nil, config.Table{Table: "public.outbox", Topic: c.topic, RouteRegex: c.regex})
 			decodeOK(t, d, outboxRelation(uint32(i+1), "public", "outbox", oidJSONB))
 			for range 2 { // the second time from the cache
-				ev := eventOf(t, d, buildInsert(uint32(i+1), []Column{txt("id"), txt(c.value), txt("k"), txt("T"), txt("{}")}))
+				ev := eventOf(t, d, pgoutputtest.Insert(uint32(i+1), []pgoutput.Column{txt("id"), txt(c.value), txt("k"), txt("T"), txt("{}")}))
 				if ev.Topic != c.want {
 					t.Fatalf("topic %q, want %q", ev.Topic, c.want)
 				}
@@ -289,12 +298,12 @@ func TestDecodeNullRouteBy(t *testing.T) {
 	d := newTestDecoder(t, config.Table{Table: "public.outbox"}, config.Table{Table: "public.fixed", Topic: "all.events"})
 	decodeOK(t, d, outboxRelation(1, "public", "outbox", oidJSONB))
 	decodeOK(t, d, outboxRelation(2, "public", "fixed", oidJSONB))
-	_, err := d.Decode(buildInsert(1, []Column{txt("e-9"), colNull, txt("k"), txt("T"), txt("{}")}))
+	_, err := d.Decode(pgoutputtest.Insert(1, []pgoutput.Column{txt("e-9"), colNull, txt("k"), txt("T"), txt("{}")}))
 	if err == nil || !strings.Contains(err.Error(), "public.outbox") || !strings.Contains(err.Error(), "aggregatetype") || !strings.Contains(err.Error(), "e-9") {
 		t.Fatalf("NULL route_by under a templated topic: want an error naming table, column and event, got %v", err)
 	}
 	// A fixed topic does not need the value.
-	if ev := eventOf(t, d, buildInsert(2, []Column{txt("e-9"), colNull, txt("k"), txt("T"), txt("{}")})); ev.Topic != "all.events" {
+	if ev := eventOf(t, d, pgoutputtest.Insert(2, []pgoutput.Column{txt("e-9"), colNull, txt("k"), txt("T"), txt("{}")})); ev.Topic != "all.events" {
 		t.Fatalf("fixed topic: %+v", ev)
 	}
 }
@@ -313,7 +322,7 @@ func TestDecodePayloadTypesAndTombstones(t *testing.T) {
 				d := newTestDecoder(t, config.Table{Table: "public.outbox", TombstoneOnEmptyPayload: tomb})
 				decodeOK(t, d, outboxRelation(3, "public", "outbox", oid))
 				cases := []struct {
-					col  Column
+					col  pgoutput.Column
 					want want
 				}{
 					{colNull, want{null: true}},                      // NULL is null either way, as Debezium writes it
@@ -323,7 +332,7 @@ func TestDecodePayloadTypesAndTombstones(t *testing.T) {
 					{txt(`""`), want{value: `""`}}, // a JSON empty string is not an empty payload
 				}
 				for _, c := range cases {
-					ev := eventOf(t, d, buildInsert(3, []Column{txt("id"), txt("Order"), txt("k"), txt("T"), c.col}))
+					ev := eventOf(t, d, pgoutputtest.Insert(3, []pgoutput.Column{txt("id"), txt("Order"), txt("k"), txt("T"), c.col}))
 					if (ev.Value == nil) != c.want.null || (!c.want.null && string(ev.Value) != c.want.value) {
 						t.Errorf("payload %q (%c): value %q (nil=%v), want %+v", c.col.Data, c.col.Kind, ev.Value, ev.Value == nil, c.want)
 					}
@@ -334,7 +343,7 @@ func TestDecodePayloadTypesAndTombstones(t *testing.T) {
 			d := newTestDecoder(t, config.Table{Table: "public.outbox", TombstoneOnEmptyPayload: tomb})
 			decodeOK(t, d, outboxRelation(4, "public", "outbox", oidBytea))
 			cases := []struct {
-				col  Column
+				col  pgoutput.Column
 				want []byte
 				null bool
 			}{
@@ -344,12 +353,12 @@ func TestDecodePayloadTypesAndTombstones(t *testing.T) {
 				{txt(`\x2020`), []byte("  "), false}, // binary: blank bytes are data
 			}
 			for _, c := range cases {
-				ev := eventOf(t, d, buildInsert(4, []Column{txt("id"), txt("Order"), txt("k"), txt("T"), c.col}))
+				ev := eventOf(t, d, pgoutputtest.Insert(4, []pgoutput.Column{txt("id"), txt("Order"), txt("k"), txt("T"), c.col}))
 				if (ev.Value == nil) != c.null || (!c.null && !bytes.Equal(ev.Value, c.want)) {
 					t.Errorf("bytea %q: value %x (nil=%v), want %x (null=%v)", c.col.Data, ev.Value, ev.Value == nil, c.want, c.null)
 				}
 			}
-			if _, err := d.Decode(buildInsert(4, []Column{txt("id"), txt("Order"), txt("k"), txt("T"), txt(`\000`)})); err == nil || !strings.Contains(err.Error(), "bytea_output") {
+			if _, err := d.Decode(pgoutputtest.Insert(4, []pgoutput.Column{txt("id"), txt("Order"), txt("k"), txt("T"), txt(`\000`)})); err == nil || !strings.Contains(err.Error(), "bytea_output") {
 				t.Errorf("escape-format bytea: want an error pointing at bytea_output, got %v", err)
 			}
 		})
@@ -363,8 +372,8 @@ func TestDecodeUpdateBehaviour(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			d, logs := newDecoderLog(t, nil, config.Table{Table: `"Sales"."Outbox"`, OnUpdate: mode})
 			decodeOK(t, d, outboxRelation(5, "Sales", "Outbox", oidJSONB))
-			newRow := []Column{txt("e-1"), txt("Order"), txt("k"), txt("Changed"), txt("{}")}
-			r, err := d.Decode(buildUpdate(5, 'K', []Column{txt("e-1"), colNull, colNull, colNull, colNull}, newRow))
+			newRow := []pgoutput.Column{txt("e-1"), txt("Order"), txt("k"), txt("Changed"), txt("{}")}
+			r, err := d.Decode(pgoutputtest.Update(5, 'K', []pgoutput.Column{txt("e-1"), colNull, colNull, colNull, colNull}, newRow))
 			switch mode {
 			case "fatal":
 				if err == nil || !strings.Contains(err.Error(), `"Sales"."Outbox"`) || !strings.Contains(err.Error(), "e-1") || !strings.Contains(err.Error(), "on_update: fatal") {
@@ -378,7 +387,7 @@ func TestDecodeUpdateBehaviour(t *testing.T) {
 					t.Fatalf("want one %s line naming the table and event, got %q", mode, logs.lines(mode))
 				}
 			}
-			if r, err := d.Decode(buildDelete(5, 'K', []Column{txt("e-1"), colNull, colNull, colNull, colNull})); err != nil || r.Kind != KindNone {
+			if r, err := d.Decode(pgoutputtest.Delete(5, 'K', []pgoutput.Column{txt("e-1"), colNull, colNull, colNull, colNull})); err != nil || r.Kind != KindNone {
 				t.Fatalf("delete: %+v, %v; want it ignored", r, err)
 			}
 		})
@@ -390,11 +399,11 @@ func TestDecodeMissingColumn(t *testing.T) {
 		// on_missing_column does not cover the mapped columns: there is no
 		// event without them.
 		d := newTestDecoder(t, config.Table{Table: "public.outbox", OnMissingColumn: "ignore"})
-		_, err := d.Decode(buildRelation(Relation{ID: 3, Namespace: "public", Name: "outbox", Columns: []RelColumn{{Name: "id"}, {Name: "aggregateid"}}}))
+		_, err := d.Decode(pgoutputtest.Relation(pgoutput.Relation{ID: 3, Namespace: "public", Name: "outbox", Columns: []pgoutput.RelColumn{{Name: "id"}, {Name: "aggregateid"}}}))
 		if err == nil || !strings.Contains(err.Error(), "public.outbox") || !strings.Contains(err.Error(), `"payload"`) {
 			t.Fatalf("want error naming table and column, got %v", err)
 		}
-		if _, err := d.Decode(buildInsert(3, []Column{txt("1"), txt("2")})); err == nil {
+		if _, err := d.Decode(pgoutputtest.Insert(3, []pgoutput.Column{txt("1"), txt("2")})); err == nil {
 			t.Fatal("a relation that failed to map must not be used for its rows")
 		}
 	})
@@ -409,7 +418,7 @@ func TestDecodeMissingColumn(t *testing.T) {
 		d, logs := newDecoderLog(t, nil, config.Table{Table: "public.outbox", OnMissingColumn: "ignore",
 			Headers: map[string]string{"tenant": "t", "region": "r"}, PartitionColumn: "shard"})
 		decodeOK(t, d, outboxRelation(3, "public", "outbox", oidJSONB, "region"))
-		ev := eventOf(t, d, buildInsert(3, []Column{txt("e"), txt("Order"), txt("k"), txt("T"), txt("{}"), txt("eu")}))
+		ev := eventOf(t, d, pgoutputtest.Insert(3, []pgoutput.Column{txt("e"), txt("Order"), txt("k"), txt("T"), txt("{}"), txt("eu")}))
 		if _, ok := header(ev, "t"); ok || ev.Partition != -1 {
 			t.Fatalf("missing columns should be left out: %+v", ev)
 		}
@@ -419,9 +428,9 @@ func TestDecodeMissingColumn(t *testing.T) {
 		if got := logs.lines("warn", "on_missing_column: ignore"); len(got) != 2 {
 			t.Fatalf("want a warning per missing column, got %q", got)
 		}
-		// ALTER TABLE ... ADD COLUMN: the next Relation message maps them.
+		// ALTER TABLE ... ADD COLUMN: the next pgoutput.Relation message maps them.
 		decodeOK(t, d, outboxRelation(3, "public", "outbox", oidJSONB, "region", "tenant", "shard"))
-		ev = eventOf(t, d, buildInsert(3, []Column{txt("e"), txt("Order"), txt("k"), txt("T"), txt("{}"), txt("eu"), txt("acme"), txt("1")}))
+		ev = eventOf(t, d, pgoutputtest.Insert(3, []pgoutput.Column{txt("e"), txt("Order"), txt("k"), txt("T"), txt("{}"), txt("eu"), txt("acme"), txt("1")}))
 		if v, _ := header(ev, "t"); string(v) != "acme" || ev.Partition != 1 {
 			t.Fatalf("added columns not used: %+v", ev)
 		}
@@ -440,41 +449,41 @@ func TestDecodeSeveralTables(t *testing.T) {
 	decodeOK(t, d, outboxRelation(2, "Sales", "Outbox", oidText))
 	decodeOK(t, d, outboxRelation(3, "billing", `Weird "Name"`, oidBytea, "tenant"))
 	decodeOK(t, d, outboxRelation(4, "sales", "outbox", oidJSONB)) // not configured: case matters once quoted
-	row := []Column{txt("e"), txt("Order"), txt("k"), txt("T"), txt("")}
-	if ev := eventOf(t, d, buildInsert(1, row)); ev.Topic != "outbox.event.Order" || ev.Value == nil || ev.Table != "public.outbox" {
+	row := []pgoutput.Column{txt("e"), txt("Order"), txt("k"), txt("T"), txt("")}
+	if ev := eventOf(t, d, pgoutputtest.Insert(1, row)); ev.Topic != "outbox.event.Order" || ev.Value == nil || ev.Table != "public.outbox" {
 		t.Fatalf("public.outbox: %+v", ev)
 	}
-	if ev := eventOf(t, d, buildInsert(2, row)); ev.Topic != "sales.Order" || ev.Value != nil || ev.Table != `"Sales"."Outbox"` {
+	if ev := eventOf(t, d, pgoutputtest.Insert(2, row)); ev.Topic != "sales.Order" || ev.Value != nil || ev.Table != `"Sales"."Outbox"` {
 		t.Fatalf("Sales.Outbox: %+v", ev)
 	}
-	ev := eventOf(t, d, buildInsert(3, []Column{txt("e"), txt("Order"), txt("k"), txt("T"), txt(`\x41`), txt("acme")}))
+	ev := eventOf(t, d, pgoutputtest.Insert(3, []pgoutput.Column{txt("e"), txt("Order"), txt("k"), txt("T"), txt(`\x41`), txt("acme")}))
 	if v, _ := header(ev, "tenant"); ev.Topic != "billing" || string(ev.Value) != "A" || string(v) != "acme" {
 		t.Fatalf("billing: %+v", ev)
 	}
-	if r := decodeOK(t, d, buildInsert(4, row)); r.Kind != KindNone {
+	if r := decodeOK(t, d, pgoutputtest.Insert(4, row)); r.Kind != KindNone {
 		t.Fatalf("unconfigured sales.outbox relayed: %+v", r)
 	}
 }
 
 func TestDecodeOtherTablesIgnored(t *testing.T) {
 	d := newTestDecoder(t, config.Table{Table: "public.outbox"})
-	decodeOK(t, d, buildRelation(Relation{ID: 4, Namespace: "public", Name: "orders", Columns: []RelColumn{{Name: "x"}}}))
-	if r := decodeOK(t, d, buildInsert(4, []Column{txt("1")})); r.Kind != KindNone {
+	decodeOK(t, d, pgoutputtest.Relation(pgoutput.Relation{ID: 4, Namespace: "public", Name: "orders", Columns: []pgoutput.RelColumn{{Name: "x"}}}))
+	if r := decodeOK(t, d, pgoutputtest.Insert(4, []pgoutput.Column{txt("1")})); r.Kind != KindNone {
 		t.Fatalf("insert into a non-outbox table produced %+v", r)
 	}
-	if r := decodeOK(t, d, buildUpdate(4, 0, nil, []Column{txt("1")})); r.Kind != KindNone {
+	if r := decodeOK(t, d, pgoutputtest.Update(4, 0, nil, []pgoutput.Column{txt("1")})); r.Kind != KindNone {
 		t.Fatalf("update of a non-outbox table produced %+v", r)
 	}
-	if _, err := d.Decode(buildInsert(99, []Column{txt("1")})); err == nil {
+	if _, err := d.Decode(pgoutputtest.Insert(99, []pgoutput.Column{txt("1")})); err == nil {
 		t.Fatal("insert for an unknown relation must be an error, not a silent skip")
 	}
 }
 
 func TestDecodeLogicalMessage(t *testing.T) {
 	d, logs := newDecoderLog(t, []config.Message{{Prefix: "outbox", Topic: config.DefaultTopic}, {Prefix: "audit", Topic: "audit.events"}})
-	decodeOK(t, d, buildBegin(Begin{FinalLSN: 9, CommitTime: 7_000_000}))
+	decodeOK(t, d, pgoutputtest.Begin(pgoutput.Begin{FinalLSN: 9, CommitTime: 7_000_000}))
 	msg := func(flags uint8, prefix, content string) []byte {
-		return buildMessage(Message{Flags: flags, LSN: 0x1_0000_0005, Prefix: []byte(prefix), Content: []byte(content)})
+		return pgoutputtest.Message(pgoutput.Message{Flags: flags, LSN: 0x1_0000_0005, Prefix: []byte(prefix), Content: []byte(content)})
 	}
 	raw := msg(1, "outbox", `{"id":"e1","aggregatetype":"Order","aggregateid":"o-9","type":"OrderPaid","payload":{"total": 3},"headers":{"z":"last","tenant":"t","n":7,"gone":null}}`)
 	ev := eventOf(t, d, raw)
@@ -482,7 +491,7 @@ func TestDecodeLogicalMessage(t *testing.T) {
 		raw[i] = 'X' // the event must own its bytes
 	}
 	if ev.Topic != "outbox.event.Order" || string(ev.Key) != "o-9" || string(ev.Value) != `{"total": 3}` || ev.ID != "e1" ||
-		ev.Partition != -1 || ev.Table != "message:outbox" || !ev.Timestamp.Equal(TimeFromPG(7_000_000)) {
+		ev.Partition != -1 || ev.Table != "message:outbox" || !ev.Timestamp.Equal(pgoutput.TimeFromPG(7_000_000)) {
 		t.Fatalf("message event: %+v", ev)
 	}
 	var got []string
@@ -549,7 +558,7 @@ func BenchmarkDecodeInsert(b *testing.B) {
 	if _, err := d.Decode(outboxRelation(7, "public", "outbox", oidJSONB)); err != nil {
 		b.Fatal(err)
 	}
-	msg := buildInsert(7, []Column{txt("8f1c6a3e-7f0a-4d2b-9a51-3c0f5c2b9e11"), txt("Order"), txt("order-123"), txt("OrderCreated"),
+	msg := pgoutputtest.Insert(7, []pgoutput.Column{txt("8f1c6a3e-7f0a-4d2b-9a51-3c0f5c2b9e11"), txt("Order"), txt("order-123"), txt("OrderCreated"),
 		txt(`{"orderId":"order-123","customer":"c-42","total":129.95,"currency":"EUR","items":[{"sku":"A-1","qty":2},{"sku":"B-7","qty":1}],"note":"padding to ~200 bytes"}`)})
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -564,12 +573,12 @@ func BenchmarkDecodeInsert(b *testing.B) {
 // relation with every optional mapping in use: whatever arrives, the result is
 // an event, nothing, or an error, never a panic.
 func FuzzDecode(f *testing.F) {
-	f.Add(buildInsert(9, []Column{txt("id"), txt("acme.Order"), txt("k"), txt("T"), txt(`\x00ff`), txt("t1"), txt("2"), txt("2026-01-02 03:04:05+00")}))
-	f.Add(buildInsert(9, []Column{txt("id"), {Kind: 'n'}, txt("k"), txt("T"), txt(`\xzz`), txt("t1"), txt("-1"), txt("never")}))
-	f.Add(buildInsert(9, []Column{txt("id")}))
-	f.Add(buildUpdate(9, 0, nil, []Column{txt("id")}))
-	f.Add(buildMessage(Message{Flags: 1, Prefix: []byte("outbox"), Content: []byte(`{"id":1,"aggregatetype":null,"payload":"x","headers":{"a":null}}`)}))
-	f.Add(buildBegin(Begin{FinalLSN: 1}))
+	f.Add(pgoutputtest.Insert(9, []pgoutput.Column{txt("id"), txt("acme.Order"), txt("k"), txt("T"), txt(`\x00ff`), txt("t1"), txt("2"), txt("2026-01-02 03:04:05+00")}))
+	f.Add(pgoutputtest.Insert(9, []pgoutput.Column{txt("id"), {Kind: 'n'}, txt("k"), txt("T"), txt(`\xzz`), txt("t1"), txt("-1"), txt("never")}))
+	f.Add(pgoutputtest.Insert(9, []pgoutput.Column{txt("id")}))
+	f.Add(pgoutputtest.Update(9, 0, nil, []pgoutput.Column{txt("id")}))
+	f.Add(pgoutputtest.Message(pgoutput.Message{Flags: 1, Prefix: []byte("outbox"), Content: []byte(`{"id":1,"aggregatetype":null,"payload":"x","headers":{"a":null}}`)}))
+	f.Add(pgoutputtest.Begin(pgoutput.Begin{FinalLSN: 1}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d := newTestDecoder(t, config.Table{
 			Table:           "app.orders_outbox",

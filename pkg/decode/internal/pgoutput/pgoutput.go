@@ -1,4 +1,4 @@
-// pgoutput.go parses the messages of PostgreSQL's pgoutput logical decoding
+// Package pgoutput parses the messages of PostgreSQL's pgoutput logical decoding
 // plugin, protocol version 1 (no streaming), as sent inside XLogData frames.
 //
 // The parser is zero-copy and, in steady state, allocation-free: tuple
@@ -12,8 +12,21 @@
 // or counts, lengths that point past the end of the message, unknown tuple
 // column kinds and unknown message types are all reported as errors wrapping
 // ErrMalformed. Parse never panics, whatever the input.
-
-package decode
+//
+// Why not pglogrepl.Parse, from the library the relay already uses for the
+// replication protocol: BenchmarkParseInsert parses the same outbox insert
+// (five text columns, 274 bytes) in 23 ns with 0 allocations here, and in
+// 560-860 ns with 16 allocations (600 B) through pglogrepl.Parse, which
+// allocates every column and copies every value (2-core VM; go test -bench
+// ParseInsert -benchmem ./pkg/decode/internal/pgoutput). At the 100k+
+// events/s the relay drains, that is the difference between a parser that
+// does not show in a profile and one that feeds the garbage collector 16
+// objects per event, before the decoder copies the values it keeps anyway.
+// pglogrepl.Parse also indexes past a short input: it panics on 266 of the
+// 274 truncations of that insert (TestPglogreplPanicsOnTruncatedInput), where
+// Parse reports the field and offset, so a bad message stops the stream with
+// an error instead of crashing the process.
+package pgoutput
 
 import (
 	"encoding/binary"

@@ -1,170 +1,57 @@
-package decode
+package pgoutput_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 	"unsafe"
-)
 
-// wireBuilder writes pgoutput messages for tests.
-type wireBuilder struct{ b []byte }
-
-func (w *wireBuilder) u8(v uint8) *wireBuilder {
-	w.b = append(w.b, v)
-	return w
-}
-
-func (w *wireBuilder) u16(v uint16) *wireBuilder {
-	w.b = binary.BigEndian.AppendUint16(w.b, v)
-	return w
-}
-
-func (w *wireBuilder) u32(v uint32) *wireBuilder {
-	w.b = binary.BigEndian.AppendUint32(w.b, v)
-	return w
-}
-
-func (w *wireBuilder) u64(v uint64) *wireBuilder {
-	w.b = binary.BigEndian.AppendUint64(w.b, v)
-	return w
-}
-
-func (w *wireBuilder) raw(p []byte) *wireBuilder {
-	w.b = append(w.b, p...)
-	return w
-}
-
-// str writes a NUL-terminated String.
-func (w *wireBuilder) str(s []byte) *wireBuilder {
-	w.b = append(append(w.b, s...), 0)
-	return w
-}
-
-func (w *wireBuilder) tuple(cols []Column) *wireBuilder {
-	w.u16(uint16(len(cols)))
-	for _, c := range cols {
-		w.u8(c.Kind)
-		if c.Kind == 't' || c.Kind == 'b' {
-			w.u32(uint32(len(c.Data))).raw(c.Data)
-		}
-	}
-	return w
-}
-
-func buildBegin(b Begin) []byte {
-	w := &wireBuilder{}
-	return w.u8('B').u64(b.FinalLSN).u64(uint64(b.CommitTime)).u32(b.Xid).b
-}
-
-func buildCommit(c Commit) []byte {
-	w := &wireBuilder{}
-	return w.u8('C').u8(c.Flags).u64(c.CommitLSN).u64(c.EndLSN).u64(uint64(c.CommitTime)).b
-}
-
-func buildOrigin(o Origin) []byte {
-	w := &wireBuilder{}
-	return w.u8('O').u64(o.LSN).str(o.Name).b
-}
-
-func buildRelation(r Relation) []byte {
-	w := &wireBuilder{}
-	w.u8('R').u32(r.ID).str([]byte(r.Namespace)).str([]byte(r.Name)).u8(r.ReplicaIdentity).u16(uint16(len(r.Columns)))
-	for _, c := range r.Columns {
-		w.u8(c.Flags).str([]byte(c.Name)).u32(c.TypeOID).u32(uint32(c.TypeMod))
-	}
-	return w.b
-}
-
-func buildTypeDef(oid uint32, ns, name string) []byte {
-	w := &wireBuilder{}
-	return w.u8('Y').u32(oid).str([]byte(ns)).str([]byte(name)).b
-}
-
-func buildInsert(relID uint32, cols []Column) []byte {
-	w := &wireBuilder{}
-	return w.u8('I').u32(relID).u8('N').tuple(cols).b
-}
-
-func buildUpdate(relID uint32, oldKind uint8, old, new []Column) []byte {
-	w := &wireBuilder{}
-	w.u8('U').u32(relID)
-	if oldKind != 0 {
-		w.u8(oldKind).tuple(old)
-	}
-	return w.u8('N').tuple(new).b
-}
-
-func buildDelete(relID uint32, kind uint8, old []Column) []byte {
-	w := &wireBuilder{}
-	return w.u8('D').u32(relID).u8(kind).tuple(old).b
-}
-
-func buildTruncate(options uint8, relIDs ...uint32) []byte {
-	w := &wireBuilder{}
-	w.u8('T').u32(uint32(len(relIDs))).u8(options)
-	for _, id := range relIDs {
-		w.u32(id)
-	}
-	return w.b
-}
-
-func buildMessage(m Message) []byte {
-	w := &wireBuilder{}
-	return w.u8('M').u8(m.Flags).u64(m.LSN).str(m.Prefix).u32(uint32(len(m.Content))).raw(m.Content).b
-}
-
-func txt(s string) Column { return Column{Kind: 't', Data: []byte(s)} }
-func bin(b []byte) Column { return Column{Kind: 'b', Data: b} }
-
-var (
-	colNull  = Column{Kind: 'n'}
-	colToast = Column{Kind: 'u'}
+	"github.com/relay-dev/relay/pkg/decode/internal/pgoutput"
+	"github.com/relay-dev/relay/pkg/decode/internal/pgoutput/pgoutputtest"
 )
 
 const payloadJSON = `{"orderId":"5f0c3f9e-8a4b-4c1e-9d2a-7b6e5f4d3c2b","customer":{"id":4711,"name":"Ada Lovelace"},"items":[{"sku":"X-1","qty":2},{"sku":"Y-22","qty":1}],"total":"123.45","currency":"EUR"}`
 
-var outboxRow = []Column{
-	txt("5f0c3f9e-8a4b-4c1e-9d2a-7b6e5f4d3c2b"),
-	txt("order"),
-	txt("4711"),
-	txt("OrderCreated"),
-	txt(payloadJSON),
+var outboxRow = []pgoutput.Column{
+	pgoutputtest.Text("5f0c3f9e-8a4b-4c1e-9d2a-7b6e5f4d3c2b"),
+	pgoutputtest.Text("order"),
+	pgoutputtest.Text("4711"),
+	pgoutputtest.Text("OrderCreated"),
+	pgoutputtest.Text(payloadJSON),
 }
 
 // sampleMessages is one valid message of every kind, with edge cases.
 func sampleMessages() map[string][]byte {
 	return map[string][]byte{
-		"begin":  buildBegin(Begin{FinalLSN: 0x16B3748, CommitTime: 767000000123456, Xid: 742}),
-		"commit": buildCommit(Commit{Flags: 0, CommitLSN: 0x16B3748, EndLSN: 0x16B3778, CommitTime: 767000000123456}),
-		"origin": buildOrigin(Origin{LSN: 0xABCDEF, Name: []byte("node_a")}),
-		"relation": buildRelation(Relation{ID: 16390, Namespace: "public", Name: "outbox", ReplicaIdentity: 'd', Columns: []RelColumn{
+		"begin":  pgoutputtest.Begin(pgoutput.Begin{FinalLSN: 0x16B3748, CommitTime: 767000000123456, Xid: 742}),
+		"commit": pgoutputtest.Commit(pgoutput.Commit{Flags: 0, CommitLSN: 0x16B3748, EndLSN: 0x16B3778, CommitTime: 767000000123456}),
+		"origin": pgoutputtest.Origin(pgoutput.Origin{LSN: 0xABCDEF, Name: []byte("node_a")}),
+		"relation": pgoutputtest.Relation(pgoutput.Relation{ID: 16390, Namespace: "public", Name: "outbox", ReplicaIdentity: 'd', Columns: []pgoutput.RelColumn{
 			{Flags: 1, Name: "id", TypeOID: 2950, TypeMod: -1},
 			{Name: "aggregatetype", TypeOID: 1043, TypeMod: 259},
 			{Name: "payload", TypeOID: 3802, TypeMod: -1},
 		}}),
-		"relation-nocols": buildRelation(Relation{ID: 1, Namespace: "", Name: "t", ReplicaIdentity: 'n'}),
-		"type":            buildTypeDef(16400, "public", "mood"),
-		"insert":          buildInsert(16390, outboxRow),
-		"insert-kinds":    buildInsert(7, []Column{colNull, colToast, txt(""), bin([]byte{0, 0xff, 0x80}), txt("x")}),
-		"insert-empty":    buildInsert(7, nil),
-		"update":          buildUpdate(16390, 0, nil, []Column{txt("1"), colToast}),
-		"update-key":      buildUpdate(16390, 'K', []Column{txt("1"), colNull}, []Column{txt("2"), txt("b")}),
-		"update-old":      buildUpdate(16390, 'O', []Column{txt("1"), txt("a")}, []Column{txt("1"), txt("b")}),
-		"delete-key":      buildDelete(16390, 'K', []Column{txt("1"), colNull}),
-		"delete-old":      buildDelete(16390, 'O', []Column{txt("1"), txt("a")}),
-		"truncate":        buildTruncate(1, 16390, 16391),
-		"truncate-none":   buildTruncate(0),
-		"message": buildMessage(Message{Flags: 1, LSN: 0x1000, Prefix: []byte("outbox"),
+		"relation-nocols": pgoutputtest.Relation(pgoutput.Relation{ID: 1, Namespace: "", Name: "t", ReplicaIdentity: 'n'}),
+		"type":            pgoutputtest.TypeDef(16400, "public", "mood"),
+		"insert":          pgoutputtest.Insert(16390, outboxRow),
+		"insert-kinds":    pgoutputtest.Insert(7, []pgoutput.Column{pgoutputtest.Null, pgoutputtest.Toast, pgoutputtest.Text(""), pgoutputtest.Binary([]byte{0, 0xff, 0x80}), pgoutputtest.Text("x")}),
+		"insert-empty":    pgoutputtest.Insert(7, nil),
+		"update":          pgoutputtest.Update(16390, 0, nil, []pgoutput.Column{pgoutputtest.Text("1"), pgoutputtest.Toast}),
+		"update-key":      pgoutputtest.Update(16390, 'K', []pgoutput.Column{pgoutputtest.Text("1"), pgoutputtest.Null}, []pgoutput.Column{pgoutputtest.Text("2"), pgoutputtest.Text("b")}),
+		"update-old":      pgoutputtest.Update(16390, 'O', []pgoutput.Column{pgoutputtest.Text("1"), pgoutputtest.Text("a")}, []pgoutput.Column{pgoutputtest.Text("1"), pgoutputtest.Text("b")}),
+		"delete-key":      pgoutputtest.Delete(16390, 'K', []pgoutput.Column{pgoutputtest.Text("1"), pgoutputtest.Null}),
+		"delete-old":      pgoutputtest.Delete(16390, 'O', []pgoutput.Column{pgoutputtest.Text("1"), pgoutputtest.Text("a")}),
+		"truncate":        pgoutputtest.Truncate(1, 16390, 16391),
+		"truncate-none":   pgoutputtest.Truncate(0),
+		"message": pgoutputtest.Message(pgoutput.Message{Flags: 1, LSN: 0x1000, Prefix: []byte("outbox"),
 			Content: []byte(`{"id":"e1","aggregatetype":"order","payload":{}}`)}),
-		"message-empty": buildMessage(Message{Flags: 0, LSN: 1, Prefix: []byte(""), Content: nil}),
+		"message-empty": pgoutputtest.Message(pgoutput.Message{Flags: 0, LSN: 1, Prefix: []byte(""), Content: nil}),
 	}
 }
 
-func mustParse(t *testing.T, p *Parser, data []byte, want MsgType) {
+func mustParse(t *testing.T, p *pgoutput.Parser, data []byte, want pgoutput.MsgType) {
 	t.Helper()
 	got, err := p.Parse(data)
 	if err != nil {
@@ -175,7 +62,7 @@ func mustParse(t *testing.T, p *Parser, data []byte, want MsgType) {
 	}
 }
 
-func equalColumns(a, b []Column) bool {
+func equalColumns(a, b []pgoutput.Column) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -188,39 +75,39 @@ func equalColumns(a, b []Column) bool {
 }
 
 func TestParseBegin(t *testing.T) {
-	var p Parser
-	want := Begin{FinalLSN: 0x0000_0001_16B3_7480, CommitTime: -12345, Xid: 0xFFFF_FFF0}
-	mustParse(t, &p, buildBegin(want), MsgBegin)
+	var p pgoutput.Parser
+	want := pgoutput.Begin{FinalLSN: 0x0000_0001_16B3_7480, CommitTime: -12345, Xid: 0xFFFF_FFF0}
+	mustParse(t, &p, pgoutputtest.Begin(want), pgoutput.MsgBegin)
 	if p.Begin != want {
 		t.Fatalf("Begin = %+v, want %+v", p.Begin, want)
 	}
 }
 
 func TestParseCommit(t *testing.T) {
-	var p Parser
-	want := Commit{Flags: 0, CommitLSN: 0x16B3748, EndLSN: 0x16B3778, CommitTime: 767000000123456}
-	mustParse(t, &p, buildCommit(want), MsgCommit)
+	var p pgoutput.Parser
+	want := pgoutput.Commit{Flags: 0, CommitLSN: 0x16B3748, EndLSN: 0x16B3778, CommitTime: 767000000123456}
+	mustParse(t, &p, pgoutputtest.Commit(want), pgoutput.MsgCommit)
 	if p.Commit != want {
 		t.Fatalf("Commit = %+v, want %+v", p.Commit, want)
 	}
 }
 
 func TestParseOrigin(t *testing.T) {
-	var p Parser
-	mustParse(t, &p, buildOrigin(Origin{LSN: 42, Name: []byte("node_a")}), MsgOrigin)
+	var p pgoutput.Parser
+	mustParse(t, &p, pgoutputtest.Origin(pgoutput.Origin{LSN: 42, Name: []byte("node_a")}), pgoutput.MsgOrigin)
 	if p.Origin.LSN != 42 || string(p.Origin.Name) != "node_a" {
 		t.Fatalf("Origin = %+v", p.Origin)
 	}
 }
 
 func TestParseRelation(t *testing.T) {
-	var p Parser
-	want := Relation{ID: 16390, Namespace: "public", Name: "outbox", ReplicaIdentity: 'f', Columns: []RelColumn{
+	var p pgoutput.Parser
+	want := pgoutput.Relation{ID: 16390, Namespace: "public", Name: "outbox", ReplicaIdentity: 'f', Columns: []pgoutput.RelColumn{
 		{Flags: 1, Name: "id", TypeOID: 2950, TypeMod: -1},
 		{Name: "aggregatetype", TypeOID: 1043, TypeMod: 259},
 		{Name: "", TypeOID: 17, TypeMod: -1},
 	}}
-	mustParse(t, &p, buildRelation(want), MsgRelation)
+	mustParse(t, &p, pgoutputtest.Relation(want), pgoutput.MsgRelation)
 	got := p.Relation
 	if got.ID != want.ID || got.Namespace != want.Namespace || got.Name != want.Name || got.ReplicaIdentity != want.ReplicaIdentity {
 		t.Fatalf("Relation = %+v, want %+v", got, want)
@@ -234,26 +121,26 @@ func TestParseRelation(t *testing.T) {
 		}
 	}
 
-	// A later Relation message must not disturb the one a caller kept.
+	// A later pgoutput.Relation message must not disturb the one a caller kept.
 	kept := p.Relation
-	mustParse(t, &p, buildRelation(Relation{ID: 1, Namespace: "x", Name: "y", Columns: []RelColumn{{Name: "zzz"}}}), MsgRelation)
+	mustParse(t, &p, pgoutputtest.Relation(pgoutput.Relation{ID: 1, Namespace: "x", Name: "y", Columns: []pgoutput.RelColumn{{Name: "zzz"}}}), pgoutput.MsgRelation)
 	if kept.Columns[0].Name != "id" || kept.Name != "outbox" {
 		t.Fatalf("kept relation changed by the next Parse: %+v", kept)
 	}
 }
 
 func TestParseTypeAndTruncate(t *testing.T) {
-	var p Parser
-	mustParse(t, &p, buildTypeDef(16400, "public", "mood"), MsgTypeDef)
-	mustParse(t, &p, buildTruncate(3, 1, 2, 3), MsgTruncate)
-	mustParse(t, &p, buildTruncate(0), MsgTruncate)
+	var p pgoutput.Parser
+	mustParse(t, &p, pgoutputtest.TypeDef(16400, "public", "mood"), pgoutput.MsgTypeDef)
+	mustParse(t, &p, pgoutputtest.Truncate(3, 1, 2, 3), pgoutput.MsgTruncate)
+	mustParse(t, &p, pgoutputtest.Truncate(0), pgoutput.MsgTruncate)
 }
 
 func TestParseInsert(t *testing.T) {
-	var p Parser
-	cols := []Column{colNull, colToast, txt(""), bin([]byte{0, 0xff, 0x80}), txt("héllo")}
-	in := buildInsert(99, cols)
-	mustParse(t, &p, in, MsgInsert)
+	var p pgoutput.Parser
+	cols := []pgoutput.Column{pgoutputtest.Null, pgoutputtest.Toast, pgoutputtest.Text(""), pgoutputtest.Binary([]byte{0, 0xff, 0x80}), pgoutputtest.Text("héllo")}
+	in := pgoutputtest.Insert(99, cols)
+	mustParse(t, &p, in, pgoutput.MsgInsert)
 	if p.Insert.RelationID != 99 || !equalColumns(p.Insert.Tuple, cols) {
 		t.Fatalf("Insert = %+v, want rel 99 %+v", p.Insert, cols)
 	}
@@ -273,32 +160,32 @@ func TestParseInsert(t *testing.T) {
 }
 
 func TestParseUpdate(t *testing.T) {
-	var p Parser
-	newCols := []Column{txt("2"), colToast}
-	mustParse(t, &p, buildUpdate(5, 0, nil, newCols), MsgUpdate)
+	var p pgoutput.Parser
+	newCols := []pgoutput.Column{pgoutputtest.Text("2"), pgoutputtest.Toast}
+	mustParse(t, &p, pgoutputtest.Update(5, 0, nil, newCols), pgoutput.MsgUpdate)
 	if p.Update.RelationID != 5 || p.Update.OldKind != 0 || p.Update.Old != nil || !equalColumns(p.Update.New, newCols) {
 		t.Fatalf("Update = %+v", p.Update)
 	}
 	for _, kind := range []uint8{'K', 'O'} {
-		old := []Column{txt("1"), colNull, txt("a")}
-		mustParse(t, &p, buildUpdate(6, kind, old, newCols), MsgUpdate)
+		old := []pgoutput.Column{pgoutputtest.Text("1"), pgoutputtest.Null, pgoutputtest.Text("a")}
+		mustParse(t, &p, pgoutputtest.Update(6, kind, old, newCols), pgoutput.MsgUpdate)
 		u := p.Update
 		if u.RelationID != 6 || u.OldKind != kind || !equalColumns(u.Old, old) || !equalColumns(u.New, newCols) {
 			t.Fatalf("Update(%c) = %+v", kind, u)
 		}
 	}
 	// Back to no old tuple: Old is cleared.
-	mustParse(t, &p, buildUpdate(5, 0, nil, newCols), MsgUpdate)
+	mustParse(t, &p, pgoutputtest.Update(5, 0, nil, newCols), pgoutput.MsgUpdate)
 	if p.Update.OldKind != 0 || p.Update.Old != nil {
 		t.Fatalf("Old not cleared: %+v", p.Update)
 	}
 }
 
 func TestParseDelete(t *testing.T) {
-	var p Parser
+	var p pgoutput.Parser
 	for _, kind := range []uint8{'K', 'O'} {
-		old := []Column{txt("1"), colNull}
-		mustParse(t, &p, buildDelete(8, kind, old), MsgDelete)
+		old := []pgoutput.Column{pgoutputtest.Text("1"), pgoutputtest.Null}
+		mustParse(t, &p, pgoutputtest.Delete(8, kind, old), pgoutput.MsgDelete)
 		if p.Delete.RelationID != 8 || p.Delete.OldKind != kind || !equalColumns(p.Delete.Old, old) {
 			t.Fatalf("Delete(%c) = %+v", kind, p.Delete)
 		}
@@ -306,14 +193,14 @@ func TestParseDelete(t *testing.T) {
 }
 
 func TestParseMessage(t *testing.T) {
-	var p Parser
-	want := Message{Flags: 1, LSN: 0x0000_0002_0000_0010, Prefix: []byte("outbox"), Content: []byte("{\x00binary\xff}")}
-	mustParse(t, &p, buildMessage(want), MsgMessage)
+	var p pgoutput.Parser
+	want := pgoutput.Message{Flags: 1, LSN: 0x0000_0002_0000_0010, Prefix: []byte("outbox"), Content: []byte("{\x00binary\xff}")}
+	mustParse(t, &p, pgoutputtest.Message(want), pgoutput.MsgMessage)
 	m := p.Message
 	if m.Flags != 1 || m.LSN != want.LSN || string(m.Prefix) != "outbox" || !bytes.Equal(m.Content, want.Content) || !m.Transactional() {
 		t.Fatalf("Message = %+v, want %+v", m, want)
 	}
-	mustParse(t, &p, buildMessage(Message{Flags: 0, LSN: 1, Prefix: []byte("p")}), MsgMessage)
+	mustParse(t, &p, pgoutputtest.Message(pgoutput.Message{Flags: 0, LSN: 1, Prefix: []byte("p")}), pgoutput.MsgMessage)
 	if p.Message.Transactional() || len(p.Message.Content) != 0 {
 		t.Fatalf("Message = %+v", p.Message)
 	}
@@ -322,26 +209,26 @@ func TestParseMessage(t *testing.T) {
 // Every proper prefix of a valid message, and the message with a byte
 // appended, is malformed.
 func TestParseTruncatedAndTrailing(t *testing.T) {
-	var p Parser
+	var p pgoutput.Parser
 	for name, msg := range sampleMessages() {
 		if _, err := p.Parse(msg); err != nil {
 			t.Fatalf("%s: valid message rejected: %v", name, err)
 		}
 		for n := 0; n < len(msg); n++ {
 			typ, err := p.Parse(msg[:n:n])
-			if !errors.Is(err, ErrMalformed) {
+			if !errors.Is(err, pgoutput.ErrMalformed) {
 				t.Errorf("%s truncated to %d/%d bytes: got (%q, %v), want ErrMalformed", name, n, len(msg), typ, err)
 			}
 		}
 		long := append(append([]byte(nil), msg...), 0)
-		if _, err := p.Parse(long); !errors.Is(err, ErrMalformed) {
+		if _, err := p.Parse(long); !errors.Is(err, pgoutput.ErrMalformed) {
 			t.Errorf("%s with a trailing byte: got %v, want ErrMalformed", name, err)
 		}
 	}
 }
 
 func TestParseErrors(t *testing.T) {
-	w := func() *wireBuilder { return &wireBuilder{} }
+	w := func() *pgoutputtest.Wire { return &pgoutputtest.Wire{} }
 	cases := []struct {
 		name, msg string
 		data      []byte
@@ -350,42 +237,42 @@ func TestParseErrors(t *testing.T) {
 		{"unknown type", "unknown message type 0x5a", []byte("Z\x00\x00")},
 		{"stream start (v2 only)", "unknown message type 0x53", []byte("S\x00\x00\x00\x01\x01")},
 		{"negative column length", "Insert message: new tuple column 0 value at offset 9: negative length -1",
-			w().u8('I').u32(1).u8('N').u16(1).u8('t').u32(0xFFFFFFFF).b},
+			w().U8('I').U32(1).U8('N').U16(1).U8('t').U32(0xFFFFFFFF).B},
 		{"oversized column length", "length 100 exceeds the 3 bytes left",
-			w().u8('I').u32(1).u8('N').u16(1).u8('t').u32(100).raw([]byte("abc")).b},
+			w().U8('I').U32(1).U8('N').U16(1).U8('t').U32(100).Raw([]byte("abc")).B},
 		{"unknown column kind", "unknown kind 0x78",
-			w().u8('I').u32(1).u8('N').u16(2).u8('n').u8('x').b},
+			w().U8('I').U32(1).U8('N').U16(2).U8('n').U8('x').B},
 		{"negative column count", "new tuple column count at offset 6: negative",
-			w().u8('I').u32(1).u8('N').u16(0xFFFF).b},
+			w().U8('I').U32(1).U8('N').U16(0xFFFF).B},
 		{"column count past end", "new tuple column count at offset 6: 5 columns cannot fit in 2 bytes",
-			w().u8('I').u32(1).u8('N').u16(5).u8('n').u8('n').b},
+			w().U8('I').U32(1).U8('N').U16(5).U8('n').U8('n').B},
 		{"insert without N", "Insert message: tuple tag at offset 5: got 0x4b",
-			w().u8('I').u32(1).u8('K').u16(0).b},
-		{"update bad tag", "Update message: tuple tag", w().u8('U').u32(1).u8('X').u16(0).b},
-		{"update old then no N", "Update message: tuple tag", w().u8('U').u32(1).u8('K').u16(0).u8('K').u16(0).b},
-		{"delete with N", "Delete message: tuple tag", w().u8('D').u32(1).u8('N').u16(0).b},
+			w().U8('I').U32(1).U8('K').U16(0).B},
+		{"update bad tag", "Update message: tuple tag", w().U8('U').U32(1).U8('X').U16(0).B},
+		{"update old then no N", "Update message: tuple tag", w().U8('U').U32(1).U8('K').U16(0).U8('K').U16(0).B},
+		{"delete with N", "Delete message: tuple tag", w().U8('D').U32(1).U8('N').U16(0).B},
 		{"trailing bytes", "Begin message: message end at offset 21: 2 trailing bytes",
-			append(buildBegin(Begin{}), 1, 2)},
+			append(pgoutputtest.Begin(pgoutput.Begin{}), 1, 2)},
 		{"message negative content length", "Logical message: content at offset 12: negative length -2",
-			w().u8('M').u8(1).u64(1).str([]byte("p")).u32(0xFFFFFFFE).b},
+			w().U8('M').U8(1).U64(1).Str([]byte("p")).U32(0xFFFFFFFE).B},
 		{"message content too long", "Logical message: content",
-			w().u8('M').u8(1).u64(1).str([]byte("p")).u32(10).raw([]byte("short")).b},
+			w().U8('M').U8(1).U64(1).Str([]byte("p")).U32(10).Raw([]byte("short")).B},
 		{"prefix without NUL", "Logical message: prefix at offset 10: string not NUL-terminated",
-			w().u8('M').u8(1).u64(1).raw([]byte("outbox")).b},
+			w().U8('M').U8(1).U64(1).Raw([]byte("outbox")).B},
 		{"relation negative ncols", "Relation message: column count",
-			w().u8('R').u32(1).str([]byte("a")).str([]byte("b")).u8('d').u16(0x8000).b},
+			w().U8('R').U32(1).Str([]byte("a")).Str([]byte("b")).U8('d').U16(0x8000).B},
 		{"relation ncols past end", "cannot fit",
-			w().u8('R').u32(1).str([]byte("a")).str([]byte("b")).u8('d').u16(1000).raw(make([]byte, 50)).b},
+			w().U8('R').U32(1).Str([]byte("a")).Str([]byte("b")).U8('d').U16(1000).Raw(make([]byte, 50)).B},
 		{"truncate negative count", "Truncate message: relation count",
-			w().u8('T').u32(0x80000000).u8(0).b},
+			w().U8('T').U32(0x80000000).U8(0).B},
 		{"truncate ids past end", "Truncate message: relation ids",
-			w().u8('T').u32(3).u8(0).u32(1).b},
+			w().U8('T').U32(3).U8(0).U32(1).B},
 	}
-	var p Parser
+	var p pgoutput.Parser
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := p.Parse(c.data)
-			if !errors.Is(err, ErrMalformed) {
+			if !errors.Is(err, pgoutput.ErrMalformed) {
 				t.Fatalf("got %v, want ErrMalformed", err)
 			}
 			if !strings.Contains(err.Error(), c.msg) {
@@ -396,27 +283,27 @@ func TestParseErrors(t *testing.T) {
 }
 
 func TestTupleBuffersReused(t *testing.T) {
-	var p Parser
-	mustParse(t, &p, buildInsert(1, outboxRow), MsgInsert)
+	var p pgoutput.Parser
+	mustParse(t, &p, pgoutputtest.Insert(1, outboxRow), pgoutput.MsgInsert)
 	first := unsafe.SliceData(p.Insert.Tuple)
-	mustParse(t, &p, buildInsert(1, outboxRow[:2]), MsgInsert)
+	mustParse(t, &p, pgoutputtest.Insert(1, outboxRow[:2]), pgoutput.MsgInsert)
 	if len(p.Insert.Tuple) != 2 || unsafe.SliceData(p.Insert.Tuple) != first {
 		t.Fatal("a narrower tuple did not reuse the column slice")
 	}
-	mustParse(t, &p, buildInsert(1, outboxRow), MsgInsert)
+	mustParse(t, &p, pgoutputtest.Insert(1, outboxRow), pgoutput.MsgInsert)
 	if unsafe.SliceData(p.Insert.Tuple) != first {
 		t.Fatal("a tuple within capacity did not reuse the column slice")
 	}
-	wide := append(append([]Column(nil), outboxRow...), outboxRow...)
-	mustParse(t, &p, buildInsert(1, wide), MsgInsert)
+	wide := append(append([]pgoutput.Column(nil), outboxRow...), outboxRow...)
+	mustParse(t, &p, pgoutputtest.Insert(1, wide), pgoutput.MsgInsert)
 	if !equalColumns(p.Insert.Tuple, wide) {
 		t.Fatal("wider tuple parsed wrong")
 	}
 	// Update's old tuple buffer survives an Update without one.
-	mustParse(t, &p, buildUpdate(1, 'O', outboxRow, outboxRow), MsgUpdate)
+	mustParse(t, &p, pgoutputtest.Update(1, 'O', outboxRow, outboxRow), pgoutput.MsgUpdate)
 	old := unsafe.SliceData(p.Update.Old)
-	mustParse(t, &p, buildUpdate(1, 0, nil, outboxRow), MsgUpdate)
-	mustParse(t, &p, buildUpdate(1, 'K', outboxRow[:1], outboxRow), MsgUpdate)
+	mustParse(t, &p, pgoutputtest.Update(1, 0, nil, outboxRow), pgoutput.MsgUpdate)
+	mustParse(t, &p, pgoutputtest.Update(1, 'K', outboxRow[:1], outboxRow), pgoutput.MsgUpdate)
 	if unsafe.SliceData(p.Update.Old) != old {
 		t.Fatal("Update old tuple buffer not reused")
 	}
@@ -426,7 +313,7 @@ func TestParseAllocs(t *testing.T) {
 	msgs := sampleMessages()
 	for _, name := range []string{"insert", "insert-kinds", "update-old", "delete-key", "begin", "commit", "message", "origin", "truncate", "type"} {
 		data := msgs[name]
-		var p Parser
+		var p pgoutput.Parser
 		if _, err := p.Parse(data); err != nil { // warm up: size the buffers
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -454,13 +341,13 @@ func TestTimeFromPG(t *testing.T) {
 		{767_002_000_123_456, time.Date(2024, 4, 21, 8, 6, 40, 123_456_000, time.UTC)},
 	}
 	for _, c := range cases {
-		got := TimeFromPG(c.us)
+		got := pgoutput.TimeFromPG(c.us)
 		if !got.Equal(c.want) || got.Location() != time.UTC {
 			t.Errorf("TimeFromPG(%d) = %v, want %v", c.us, got, c.want)
 		}
 	}
 	// Far beyond what time.Duration can hold: must not overflow.
-	if y := TimeFromPG(9_000_000_000_000_000_000).Year(); y < 280000 {
+	if y := pgoutput.TimeFromPG(9_000_000_000_000_000_000).Year(); y < 280000 {
 		t.Errorf("TimeFromPG(9e18).Year() = %d, want far future", y)
 	}
 }
@@ -478,7 +365,7 @@ func within(sub, buf []byte) bool {
 	return s >= b && s+uintptr(len(sub)) <= b+uintptr(len(buf))
 }
 
-func checkColumnsWithin(t *testing.T, what string, cols []Column, data []byte) {
+func checkColumnsWithin(t *testing.T, what string, cols []pgoutput.Column, data []byte) {
 	for i, c := range cols {
 		if !within(c.Data, data) {
 			t.Fatalf("%s column %d Data does not lie within the input", what, i)
@@ -499,7 +386,7 @@ func FuzzParse(f *testing.F) {
 	for _, m := range sampleMessages() {
 		f.Add(m)
 	}
-	var p Parser
+	var p pgoutput.Parser
 	f.Fuzz(func(t *testing.T, data []byte) {
 		orig := append([]byte(nil), data...)
 		typ, err := p.Parse(data)
@@ -507,7 +394,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("Parse modified its input")
 		}
 		if err != nil {
-			if !errors.Is(err, ErrMalformed) {
+			if !errors.Is(err, pgoutput.ErrMalformed) {
 				t.Fatalf("error does not wrap ErrMalformed: %v", err)
 			}
 			return
@@ -515,33 +402,33 @@ func FuzzParse(f *testing.F) {
 		// Parsing is strict, so a message that parses re-encodes to itself.
 		var again []byte
 		switch typ {
-		case MsgInsert:
+		case pgoutput.MsgInsert:
 			checkColumnsWithin(t, "Insert", p.Insert.Tuple, data)
-			again = buildInsert(p.Insert.RelationID, p.Insert.Tuple)
-		case MsgUpdate:
+			again = pgoutputtest.Insert(p.Insert.RelationID, p.Insert.Tuple)
+		case pgoutput.MsgUpdate:
 			checkColumnsWithin(t, "Update old", p.Update.Old, data)
 			checkColumnsWithin(t, "Update new", p.Update.New, data)
-			again = buildUpdate(p.Update.RelationID, p.Update.OldKind, p.Update.Old, p.Update.New)
-		case MsgDelete:
+			again = pgoutputtest.Update(p.Update.RelationID, p.Update.OldKind, p.Update.Old, p.Update.New)
+		case pgoutput.MsgDelete:
 			checkColumnsWithin(t, "Delete", p.Delete.Old, data)
-			again = buildDelete(p.Delete.RelationID, p.Delete.OldKind, p.Delete.Old)
-		case MsgBegin:
-			again = buildBegin(p.Begin)
-		case MsgCommit:
-			again = buildCommit(p.Commit)
-		case MsgOrigin:
+			again = pgoutputtest.Delete(p.Delete.RelationID, p.Delete.OldKind, p.Delete.Old)
+		case pgoutput.MsgBegin:
+			again = pgoutputtest.Begin(p.Begin)
+		case pgoutput.MsgCommit:
+			again = pgoutputtest.Commit(p.Commit)
+		case pgoutput.MsgOrigin:
 			if !within(p.Origin.Name, data) {
 				t.Fatal("Origin name does not lie within the input")
 			}
-			again = buildOrigin(p.Origin)
-		case MsgMessage:
+			again = pgoutputtest.Origin(p.Origin)
+		case pgoutput.MsgMessage:
 			if !within(p.Message.Prefix, data) || !within(p.Message.Content, data) {
 				t.Fatal("Message prefix/content does not lie within the input")
 			}
-			again = buildMessage(p.Message)
-		case MsgRelation:
-			again = buildRelation(p.Relation)
-		case MsgTypeDef, MsgTruncate:
+			again = pgoutputtest.Message(p.Message)
+		case pgoutput.MsgRelation:
+			again = pgoutputtest.Relation(p.Relation)
+		case pgoutput.MsgTypeDef, pgoutput.MsgTruncate:
 			again = data
 		default:
 			t.Fatalf("Parse accepted unknown type %q", typ)
@@ -550,16 +437,4 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("%q message re-encodes differently:\n in  %q\n out %q", typ, data, again)
 		}
 	})
-}
-
-func BenchmarkParseInsert(b *testing.B) {
-	data := buildInsert(16390, outboxRow)
-	var p Parser
-	b.ReportAllocs()
-	b.SetBytes(int64(len(data)))
-	for b.Loop() {
-		if _, err := p.Parse(data); err != nil {
-			b.Fatal(err)
-		}
-	}
 }
