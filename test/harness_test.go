@@ -1,7 +1,8 @@
 // Package test holds the relay's end-to-end and fault tests: each runs the real
-// relay binary as a subprocess against a real PostgreSQL 15 (devenv) and a
-// kfake Kafka broker reached over TCP, and checks what reached Kafka with an
-// independent client (franz-go), never with sarama, the relay's own client.
+// relay binary as a subprocess against a real PostgreSQL (devenv: 15 unless
+// RELAY_TEST_PG_VERSION says otherwise) and a kfake Kafka broker reached over
+// TCP, and checks what reached Kafka with an independent client (franz-go),
+// never with sarama, the relay's own client.
 package test
 
 import (
@@ -64,6 +65,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	e := &env{t: t, db: "app", parts: 3}
 	e.pg = devenvtest.Postgres(t, devenv.PostgresOptions{Settings: o.pgSettings})
+	t.Logf("PostgreSQL %d on port %d", e.pg.Version(), e.pg.Port())
 	ko := devenv.KafkaOptions{Partitions: int(e.parts)}
 	if o.kafkaDir {
 		ko.DataDir = t.TempDir()
