@@ -51,8 +51,8 @@ func (d *Decoder) message() (Result, error) {
 		return Result{}, nil
 	}
 	at := func(format string, args ...any) error {
-		return fmt.Errorf("logical message with prefix %q at LSN %X/%X: %s",
-			m.Prefix, uint32(m.LSN>>32), uint32(m.LSN), fmt.Sprintf(format, args...))
+		return fmt.Errorf("logical message with prefix %q at LSN %s: %s",
+			m.Prefix, m.LSN, fmt.Sprintf(format, args...))
 	}
 	var env envelope
 	if err := json.Unmarshal(m.Content, &env); err != nil {

@@ -319,9 +319,9 @@ func (d *Decoder) Decode(data []byte) (Result, error) {
 	switch typ {
 	case pgoutput.MsgBegin:
 		d.commitAt = pgoutput.TimeFromPG(d.p.Begin.CommitTime)
-		return Result{Kind: KindBegin, LSN: pglogrepl.LSN(d.p.Begin.FinalLSN), CommitTime: d.commitAt}, nil
+		return Result{Kind: KindBegin, LSN: d.p.Begin.FinalLSN, CommitTime: d.commitAt}, nil
 	case pgoutput.MsgCommit:
-		return Result{Kind: KindCommit, LSN: pglogrepl.LSN(d.p.Commit.EndLSN), CommitTime: pgoutput.TimeFromPG(d.p.Commit.CommitTime)}, nil
+		return Result{Kind: KindCommit, LSN: d.p.Commit.EndLSN, CommitTime: pgoutput.TimeFromPG(d.p.Commit.CommitTime)}, nil
 	case pgoutput.MsgRelation:
 		return Result{}, d.learnRelation(&d.p.Relation)
 	case pgoutput.MsgInsert:

@@ -33,6 +33,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pglogrepl"
 )
 
 // MsgType is the first byte of a pgoutput message.
@@ -58,17 +60,17 @@ var ErrMalformed = errors.New("malformed pgoutput message")
 
 // Begin is a Begin message: the start of a transaction.
 type Begin struct {
-	FinalLSN   uint64 // LSN of the commit record of the transaction
-	CommitTime int64  // µs since 2000-01-01 UTC, as on the wire; see TimeFromPG
+	FinalLSN   pglogrepl.LSN // LSN of the commit record of the transaction
+	CommitTime int64         // µs since 2000-01-01 UTC, as on the wire; see TimeFromPG
 	Xid        uint32
 }
 
 // Commit is a Commit message: the end of a transaction.
 type Commit struct {
-	Flags      uint8  // currently unused by PostgreSQL
-	CommitLSN  uint64 // LSN of the commit record
-	EndLSN     uint64 // end LSN of the transaction: the position to confirm
-	CommitTime int64  // µs since 2000-01-01 UTC, as on the wire
+	Flags      uint8         // currently unused by PostgreSQL
+	CommitLSN  pglogrepl.LSN // LSN of the commit record
+	EndLSN     pglogrepl.LSN // end LSN of the transaction: the position to confirm
+	CommitTime int64         // µs since 2000-01-01 UTC, as on the wire
 }
 
 // RelColumn describes one column of a Relation.
@@ -125,7 +127,7 @@ type Delete struct {
 // Content alias the input buffer: valid only until the next Parse call.
 type Message struct {
 	Flags   uint8
-	LSN     uint64
+	LSN     pglogrepl.LSN
 	Prefix  []byte
 	Content []byte
 }
@@ -137,7 +139,7 @@ func (m *Message) Transactional() bool { return m.Flags&1 == 1 }
 // Origin is an Origin message. Name aliases the input buffer: valid only
 // until the next Parse call.
 type Origin struct {
-	LSN  uint64
+	LSN  pglogrepl.LSN
 	Name []byte
 }
 
@@ -220,7 +222,7 @@ func TimeFromPG(us int64) time.Time {
 func (p *Parser) parseBegin(r *reader) error {
 	var ok bool
 	b := &p.Begin
-	if b.FinalLSN, ok = r.u64(); !ok {
+	if b.FinalLSN, ok = r.lsn(); !ok {
 		return short(MsgBegin, "final LSN", r)
 	}
 	var ts uint64
@@ -240,10 +242,10 @@ func (p *Parser) parseCommit(r *reader) error {
 	if c.Flags, ok = r.u8(); !ok {
 		return short(MsgCommit, "flags", r)
 	}
-	if c.CommitLSN, ok = r.u64(); !ok {
+	if c.CommitLSN, ok = r.lsn(); !ok {
 		return short(MsgCommit, "commit LSN", r)
 	}
-	if c.EndLSN, ok = r.u64(); !ok {
+	if c.EndLSN, ok = r.lsn(); !ok {
 		return short(MsgCommit, "end LSN", r)
 	}
 	ts, ok := r.u64()
@@ -257,7 +259,7 @@ func (p *Parser) parseCommit(r *reader) error {
 func (p *Parser) parseOrigin(r *reader) error {
 	var ok bool
 	o := &p.Origin
-	if o.LSN, ok = r.u64(); !ok {
+	if o.LSN, ok = r.lsn(); !ok {
 		return short(MsgOrigin, "LSN", r)
 	}
 	if o.Name, ok = r.cstring(); !ok {
@@ -432,7 +434,7 @@ func (p *Parser) parseMessage(r *reader) error {
 	if m.Flags, ok = r.u8(); !ok {
 		return short(MsgMessage, "flags", r)
 	}
-	if m.LSN, ok = r.u64(); !ok {
+	if m.LSN, ok = r.lsn(); !ok {
 		return short(MsgMessage, "LSN", r)
 	}
 	if m.Prefix, ok = r.cstring(); !ok {
@@ -491,6 +493,11 @@ func (r *reader) u64() (uint64, bool) {
 	v := binary.BigEndian.Uint64(r.b[r.off:])
 	r.off += 8
 	return v, true
+}
+
+func (r *reader) lsn() (pglogrepl.LSN, bool) {
+	v, ok := r.u64()
+	return pglogrepl.LSN(v), ok
 }
 
 // cstring returns the bytes up to the next NUL (excluded) and moves past the

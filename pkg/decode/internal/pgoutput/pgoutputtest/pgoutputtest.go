@@ -65,19 +65,19 @@ func (w *Wire) Tuple(cols []pgoutput.Column) *Wire {
 // Begin encodes a Begin message.
 func Begin(b pgoutput.Begin) []byte {
 	w := &Wire{}
-	return w.U8('B').U64(b.FinalLSN).U64(uint64(b.CommitTime)).U32(b.Xid).B
+	return w.U8('B').U64(uint64(b.FinalLSN)).U64(uint64(b.CommitTime)).U32(b.Xid).B
 }
 
 // Commit encodes a Commit message.
 func Commit(c pgoutput.Commit) []byte {
 	w := &Wire{}
-	return w.U8('C').U8(c.Flags).U64(c.CommitLSN).U64(c.EndLSN).U64(uint64(c.CommitTime)).B
+	return w.U8('C').U8(c.Flags).U64(uint64(c.CommitLSN)).U64(uint64(c.EndLSN)).U64(uint64(c.CommitTime)).B
 }
 
 // Origin encodes an Origin message.
 func Origin(o pgoutput.Origin) []byte {
 	w := &Wire{}
-	return w.U8('O').U64(o.LSN).Str(o.Name).B
+	return w.U8('O').U64(uint64(o.LSN)).Str(o.Name).B
 }
 
 // Relation encodes a Relation message.
@@ -131,7 +131,7 @@ func Truncate(options uint8, relIDs ...uint32) []byte {
 // Message encodes a logical decoding message.
 func Message(m pgoutput.Message) []byte {
 	w := &Wire{}
-	return w.U8('M').U8(m.Flags).U64(m.LSN).Str(m.Prefix).U32(uint32(len(m.Content))).Raw(m.Content).B
+	return w.U8('M').U8(m.Flags).U64(uint64(m.LSN)).Str(m.Prefix).U32(uint32(len(m.Content))).Raw(m.Content).B
 }
 
 // Text is a text-format tuple value.
