@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/relay-dev/relay/internal/devenv"
-	"github.com/relay-dev/relay/pkg/sink"
 )
 
 const routingDDL = `
@@ -230,7 +229,7 @@ func TestRouting(t *testing.T) {
 		}
 		return rec
 	}
-	murmur := func(key string) int32 { return sink.JavaPartition([]byte(key), e.parts) }
+	murmur := func(key string) int32 { return javaPartition([]byte(key), e.parts) }
 
 	// Custom mapping: regex, headers, explicit partition, timestamp column.
 	o1 := get("o-1")

@@ -22,11 +22,11 @@ type DeadLetterObserver interface {
 // Headers of a dead letter record. The original record's own headers are left
 // out: they may be what made it too large.
 const (
-	DeadLetterHeaderID            = "id"
-	DeadLetterHeaderType          = "type"
-	DeadLetterHeaderTable         = "table"
-	DeadLetterHeaderOriginalTopic = "original-topic"
-	DeadLetterHeaderError         = "error"
+	dlHeaderID            = "id"
+	dlHeaderType          = "type"
+	dlHeaderTable         = "table"
+	dlHeaderOriginalTopic = "original-topic"
+	dlHeaderError         = "error"
 )
 
 // oversize applies kafka.oversized to events too large for
@@ -55,7 +55,7 @@ func newOversize(k config.Kafka, obs Observer, log zerolog.Logger) *oversize {
 // the dead letter topic that stands in for ev (same sequence number, so its
 // ack confirms ev), or a fatal error naming the event.
 func (o *oversize) check(ev *decode.Event) (*decode.Event, error) {
-	size := RecordSize(ev.Key, ev.Value, ev.Headers)
+	size := recordSize(ev.Key, ev.Value, ev.Headers)
 	if size <= o.max {
 		return ev, nil
 	}
@@ -73,14 +73,14 @@ func (o *oversize) check(ev *decode.Event) (*decode.Event, error) {
 		Partition: -1,
 		Seq:       ev.Seq,
 		Headers: []decode.Header{
-			{Key: DeadLetterHeaderID, Value: []byte(ev.ID)},
-			{Key: DeadLetterHeaderType, Value: headerValue(ev.Headers, "type")},
-			{Key: DeadLetterHeaderTable, Value: []byte(ev.Table)},
-			{Key: DeadLetterHeaderOriginalTopic, Value: []byte(ev.Topic)},
-			{Key: DeadLetterHeaderError, Value: []byte("record of " + strconv.Itoa(size) + " bytes exceeds kafka.max_message_bytes " + strconv.Itoa(o.max))},
+			{Key: dlHeaderID, Value: []byte(ev.ID)},
+			{Key: dlHeaderType, Value: headerValue(ev.Headers, "type")},
+			{Key: dlHeaderTable, Value: []byte(ev.Table)},
+			{Key: dlHeaderOriginalTopic, Value: []byte(ev.Topic)},
+			{Key: dlHeaderError, Value: []byte("record of " + strconv.Itoa(size) + " bytes exceeds kafka.max_message_bytes " + strconv.Itoa(o.max))},
 		},
 	}
-	if n := RecordSize(dl.Key, nil, dl.Headers); n > o.max {
+	if n := recordSize(dl.Key, nil, dl.Headers); n > o.max {
 		return nil, fault.Fatal(fmt.Errorf("%s, and even its dead letter record (key and headers) is %d bytes: shrink the key or raise kafka.max_message_bytes", problem, n))
 	}
 	o.log.Warn().Str("id", ev.ID).Str("table", ev.Table).Str("topic", ev.Topic).Int("bytes", size).
@@ -106,10 +106,10 @@ func headerValue(hs []decode.Header, key string) []byte {
 // header count): sarama's maximumRecordOverhead.
 const recordOverhead = 5*binary.MaxVarintLen32 + binary.MaxVarintLen64 + 1
 
-// RecordSize is the size sarama compares with Producer.MaxMessageBytes for a
+// recordSize is the size sarama compares with Producer.MaxMessageBytes for a
 // record with these parts (ProducerMessage.ByteSize for record batches), so
 // that the relay catches an oversized event before sarama does.
-func RecordSize(key, value []byte, headers []decode.Header) int {
+func recordSize(key, value []byte, headers []decode.Header) int {
 	n := recordOverhead + len(key) + len(value)
 	for _, h := range headers {
 		n += len(h.Key) + len(h.Value) + 2*binary.MaxVarintLen32

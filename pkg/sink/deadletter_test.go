@@ -15,8 +15,8 @@ import (
 	"github.com/relay-dev/relay/pkg/fault"
 )
 
-// TestRecordSizeMatchesSarama pins RecordSize to the size sarama checks, so an
-// event RecordSize lets through is never refused by sarama for its size.
+// TestRecordSizeMatchesSarama pins recordSize to the size sarama checks, so an
+// event recordSize lets through is never refused by sarama for its size.
 func TestRecordSizeMatchesSarama(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	blob := func() []byte {
@@ -43,8 +43,8 @@ func TestRecordSizeMatchesSarama(t *testing.T) {
 		}
 		// Record batches (version 2) are what Kafka 0.11+, the relay's
 		// minimum, speaks.
-		if got, want := RecordSize(key, value, hs), msg.ByteSize(2); got != want {
-			t.Fatalf("RecordSize = %d, sarama's ByteSize = %d", got, want)
+		if got, want := recordSize(key, value, hs), msg.ByteSize(2); got != want {
+			t.Fatalf("recordSize = %d, sarama's ByteSize = %d", got, want)
 		}
 	}
 }

@@ -3,9 +3,11 @@ package sink
 import (
 	"errors"
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 type murmurCase struct {
@@ -69,13 +71,40 @@ var murmur2Cases = []murmurCase{
 	{str("Zoë-Müller"), 1193431583},
 }
 
+// partitionOf places key with the relay's partitioner among n partitions.
+func partitionOf(t testing.TB, enc sarama.Encoder, n int32) int32 {
+	t.Helper()
+	got, err := newMurmur2Partitioner("t").Partition(&sarama.ProducerMessage{Key: enc}, n)
+	if err != nil {
+		t.Fatalf("Partition(%T, %d): %v", enc, n, err)
+	}
+	return got
+}
+
+// encoders are the key types the partitioner may see, the relay's own
+// (*sarama.ByteEncoder) first.
+func encoders(key []byte) []sarama.Encoder {
+	b := sarama.ByteEncoder(key)
+	return []sarama.Encoder{&b, b, sarama.StringEncoder(key), otherEncoder(key)}
+}
+
+// TestMurmur2JavaVectors pins the partitioner to the Java client's murmur2
+// values. With math.MaxInt32 partitions the partition is the hash's low 31
+// bits (the sign bit is masked off before the modulo), which is every bit a
+// partition choice depends on.
 func TestMurmur2JavaVectors(t *testing.T) {
 	for _, c := range murmur2Cases {
-		if got := Murmur2(c.key); got != c.want {
-			t.Errorf("Murmur2(%q) = %d, want %d", c.key, got, c.want)
+		key := c.key
+		if key == nil {
+			// A nil key is a null key, which is not hashed; the vector is
+			// the hash of zero bytes.
+			key = []byte{}
 		}
-		if got := int32(murmur2(string(c.key))); got != c.want {
-			t.Errorf("murmur2(string %q) = %d, want %d", c.key, got, c.want)
+		want := int32(uint32(c.want)&0x7fffffff) % math.MaxInt32
+		for _, enc := range encoders(key) {
+			if got := partitionOf(t, enc, math.MaxInt32); got != want {
+				t.Errorf("murmur2(%q) & 0x7fffffff via %T = %d, want %d (Java: %d)", c.key, enc, got, want, c.want)
+			}
 		}
 	}
 }
@@ -95,16 +124,19 @@ func TestJavaPartition(t *testing.T) {
 		{"kafka", 1, 0},
 	}
 	for _, c := range cases {
-		if got := JavaPartition([]byte(c.key), c.n); got != c.want {
-			t.Errorf("JavaPartition(%q, %d) = %d, want %d", c.key, c.n, got, c.want)
+		if got := partitionOf(t, sarama.ByteEncoder(c.key), c.n); got != c.want {
+			t.Errorf("partition(%q, %d) = %d, want %d", c.key, c.n, got, c.want)
 		}
 	}
 	// The sign bit is masked, not negated (Utils.toPositive, not Math.abs).
 	for _, c := range murmur2Cases {
+		if c.key == nil {
+			continue
+		}
 		for _, n := range []int32{1, 3, 7, 12, 50, 1000} {
 			want := int32(uint32(c.want)&0x7fffffff) % n
-			if got := JavaPartition(c.key, n); got != want || got < 0 || got >= n {
-				t.Fatalf("JavaPartition(%q, %d) = %d, want %d", c.key, n, got, want)
+			if got := partitionOf(t, sarama.ByteEncoder(c.key), n); got != want || got < 0 || got >= n {
+				t.Fatalf("partition(%q, %d) = %d, want %d", c.key, n, got, want)
 			}
 		}
 	}
@@ -125,31 +157,29 @@ type otherEncoder []byte
 func (e otherEncoder) Encode() ([]byte, error) { return e, nil }
 func (e otherEncoder) Length() int             { return len(e) }
 
-func TestMurmur2PartitionerMatchesJavaPartition(t *testing.T) {
-	var ctor sarama.PartitionerConstructor = NewMurmur2Partitioner
+// TestMurmur2PartitionerMatchesFranzGo cross-checks the placement with an
+// independent implementation of the Java client's partitioner, franz-go's.
+func TestMurmur2PartitionerMatchesFranzGo(t *testing.T) {
+	var ctor sarama.PartitionerConstructor = newMurmur2Partitioner
 	p := ctor("orders")
 	if !p.RequiresConsistency() {
 		t.Fatal("RequiresConsistency() = false, want true")
 	}
-	// Cross-check against sarama's own murmur2 partitioner as well.
-	ref := sarama.NewMurmur2Partitioner("orders")
+	ref := kgo.StickyKeyPartitioner(nil).ForTopic("orders")
 	for i := 0; i < 2000; i++ {
 		key := []byte(fmt.Sprintf("order-%d-\xe2\x82\xac%c", i, byte(i)))
 		for _, n := range []int32{1, 2, 3, 6, 12, 50, 97} {
-			want := JavaPartition(key, n)
-			for _, enc := range []sarama.Encoder{sarama.ByteEncoder(key), sarama.StringEncoder(key), otherEncoder(key)} {
+			want := int32(ref.Partition(&kgo.Record{Key: key}, int(n)))
+			for _, enc := range encoders(key) {
 				got, err := p.Partition(&sarama.ProducerMessage{Key: enc}, n)
 				if err != nil || got != want {
-					t.Fatalf("Partition(%T %q, %d) = %d, %v; want %d", enc, key, n, got, err, want)
+					t.Fatalf("Partition(%T %q, %d) = %d, %v; franz-go puts it on %d", enc, key, n, got, err, want)
 				}
-			}
-			if got, _ := ref.Partition(&sarama.ProducerMessage{Key: sarama.ByteEncoder(key)}, n); got != want {
-				t.Fatalf("sarama's murmur2 partitioner puts %q on %d of %d, we on %d", key, got, n, want)
 			}
 		}
 	}
 	// Empty (non-nil) keys are hashed like the Java client hashes byte[0].
-	for _, enc := range []sarama.Encoder{sarama.ByteEncoder([]byte{}), sarama.StringEncoder("")} {
+	for _, enc := range encoders([]byte{}) {
 		if got, err := p.Partition(&sarama.ProducerMessage{Key: enc}, 50); err != nil || got != 31 {
 			t.Errorf("Partition(empty %T, 50) = %d, %v; want 31", enc, got, err)
 		}
@@ -157,7 +187,7 @@ func TestMurmur2PartitionerMatchesJavaPartition(t *testing.T) {
 }
 
 func TestMurmur2PartitionerNilKeySpreads(t *testing.T) {
-	p := NewMurmur2Partitioner("t")
+	p := newMurmur2Partitioner("t")
 	const n = 6
 	for _, key := range []sarama.Encoder{nil, sarama.ByteEncoder(nil), nilEncoder{}} {
 		counts := make([]int, n)
@@ -182,7 +212,7 @@ func TestMurmur2PartitionerNilKeySpreads(t *testing.T) {
 }
 
 func TestMurmur2PartitionerErrors(t *testing.T) {
-	p := NewMurmur2Partitioner("t")
+	p := newMurmur2Partitioner("t")
 	if _, err := p.Partition(&sarama.ProducerMessage{Key: failingEncoder{}}, 3); err == nil {
 		t.Error("encoder error not returned")
 	}
@@ -197,12 +227,11 @@ func TestMurmur2PartitionerErrors(t *testing.T) {
 }
 
 func TestMurmur2PartitionerAllocs(t *testing.T) {
-	p := NewMurmur2Partitioner("t")
-	msgs := []*sarama.ProducerMessage{
-		{Key: sarama.ByteEncoder("5f0c3f9e-8a4b-4c1e-9d2a-7b6e5f4d3c2b")},
-		{Key: sarama.StringEncoder("5f0c3f9e-8a4b-4c1e-9d2a-7b6e5f4d3c2b")},
-		{},
-	}
+	p := newMurmur2Partitioner("t")
+	key := sarama.ByteEncoder("5f0c3f9e-8a4b-4c1e-9d2a-7b6e5f4d3c2b")
+	// The key types the relay's records use; sarama's partitioner encodes
+	// other encoders (a StringEncoder copies its string) before hashing.
+	msgs := []*sarama.ProducerMessage{{Key: &key}, {Key: key}, {}}
 	for _, msg := range msgs {
 		if a := testing.AllocsPerRun(1000, func() { _, _ = p.Partition(msg, 12) }); a != 0 {
 			t.Errorf("Partition(%T) allocates %v times, want 0", msg.Key, a)
@@ -211,17 +240,20 @@ func TestMurmur2PartitionerAllocs(t *testing.T) {
 }
 
 func BenchmarkMurmur2(b *testing.B) {
+	p := newMurmur2Partitioner("t")
 	for _, size := range []int{36, 256} {
-		key := make([]byte, size)
+		key := make(sarama.ByteEncoder, size)
 		for i := range key {
 			key[i] = byte(i*31 + 7)
 		}
+		msg := &sarama.ProducerMessage{Key: &key}
 		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(size))
 			var sink int32
 			for b.Loop() {
-				sink += Murmur2(key)
+				n, _ := p.Partition(msg, 12)
+				sink += n
 			}
 			_ = sink
 		})

@@ -45,7 +45,7 @@ type Producer struct {
 	client sarama.Client
 	halted sync.Once
 
-	oversize *oversize // security (issue 7): kafka.oversized, see deadletter.go
+	oversize *oversize // kafka.oversized, see deadletter.go
 }
 
 // item carries an event through sarama. Embedding the message in one struct
@@ -130,7 +130,7 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	case "random":
 		sc.Producer.Partitioner = explicitOr(sarama.NewRandomPartitioner)
 	default:
-		sc.Producer.Partitioner = explicitOr(NewMurmur2Partitioner)
+		sc.Producer.Partitioner = explicitOr(newMurmur2Partitioner)
 	}
 	switch k.Compression {
 	case "gzip":
@@ -213,10 +213,10 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	// Security (issue 7): flag weak settings, and test the credentials once
-	// before sarama's producer-id retries can turn a wrong password into
-	// dozens of failed logins (see Handshake).
-	WarnInsecure(k, log)
+	// Flag weak settings, and test the credentials once before sarama's
+	// producer-id retries can turn a wrong password into dozens of failed
+	// logins (see Handshake).
+	warnInsecure(k, log)
 	if err := Handshake(k, sc); err != nil {
 		return nil, err
 	}
@@ -350,8 +350,9 @@ loop:
 				mu.Unlock()
 				break loop
 			}
-			// Security (issue 7): an event over kafka.max_message_bytes stops
-			// the relay or is replaced by its dead letter record.
+			// An event over kafka.max_message_bytes stops the relay or is
+			// replaced by its dead letter record: sarama would report it as a
+			// retryable error and the pipeline would restart onto it forever.
 			if ev, runErr = p.oversize.check(ev); runErr != nil {
 				break loop
 			}

@@ -1,22 +1,16 @@
 package sink
 
 import (
-	"crypto/hmac"
-	"crypto/pbkdf2"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"hash"
 	"net"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/xdg-go/scram"
 
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/fault"
@@ -32,165 +26,109 @@ func configureSASL(sc *sarama.Config, s config.SASL) error {
 		sc.Net.SASL.Mechanism = sarama.SASLTypePlaintext
 	case "SCRAM-SHA-256":
 		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA256
-		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha256.New} }
+		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA256} }
 	case "SCRAM-SHA-512":
 		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA512
-		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha512.New} }
+		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA512} }
 	default:
 		return fmt.Errorf("kafka.sasl.mechanism: %s is not supported (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)", s.Mechanism)
 	}
 	return nil
 }
 
-// scramClient is the client side of SCRAM (RFC 5802) as Kafka speaks it
-// (KIP-84): no channel binding, and the password used as UTF-8 bytes without
-// SASLprep, because Kafka's ScramFormatter does not normalise either; a
-// SASLprep'd password would not match what kafka-configs stored for
-// non-ASCII passwords.
+// scramClient adapts xdg-go/scram's client to sarama's SCRAMClient, as
+// Kafka speaks SCRAM (KIP-84): no channel binding, and the password used as
+// UTF-8 bytes without SASLprep, because Kafka's ScramFormatter does not
+// normalise either; a SASLprep'd password would not match what kafka-configs
+// stored for non-ASCII passwords. Around the library it bounds the PBKDF2
+// work a broker can ask for, insists that the server extend our nonce rather
+// than echo it, and marks the server's e= answers so that a refused login is
+// told apart from a broken exchange.
 type scramClient struct {
-	hash func() hash.Hash
+	hash  scram.HashGeneratorFcn
+	nonce scram.NonceGeneratorFcn // nil: the library's, 24 random bytes; tests pin it
 
-	user, pass, authzID string
-
+	conv        *scram.ClientConversation
 	step        int
-	nonce       string // ours, base64 of random bytes, never contains ','
-	firstBare   string // client-first-message-bare, part of the AuthMessage
-	serverProof []byte // the ServerSignature the server must send back
-	done        bool
+	clientNonce string
 }
 
-// scramMaxIterations bounds the PBKDF2 work a broker can make us do:
-// Kafka itself refuses more than 16384.
-const scramMaxIterations = 1 << 16
+// PBKDF2 iterations a server may ask for. Kafka stores credentials with at
+// least 4096 (its ScramMechanism minimum, and RFC 7677's) and at most 16384;
+// fewer would let a server posing as the broker make the proof cheap to
+// attack offline, more would let it make every login burn CPU.
+const (
+	scramMinIterations = 4096
+	scramMaxIterations = 1 << 16
+)
 
 // errSCRAMServer marks exchanges that failed on what the server sent rather
 // than on our side; with a valid server, a wrong password is the cause.
 var errSCRAMServer = errors.New("SCRAM server rejected the exchange")
 
 func (c *scramClient) Begin(user, pass, authzID string) error {
-	var raw [24]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return err
+	cl, err := c.hash.NewClientUnprepped(user, pass, authzID)
+	if err != nil {
+		return fmt.Errorf("SCRAM: %w", err)
 	}
-	c.user, c.pass, c.authzID = user, pass, authzID
-	c.nonce = base64.RawStdEncoding.EncodeToString(raw[:])
-	c.step, c.done = 0, false
+	cl.WithMinIterations(scramMinIterations)
+	if c.nonce != nil {
+		cl.WithNonceGenerator(c.nonce)
+	}
+	c.conv, c.step, c.clientNonce = cl.NewConversation(), 0, ""
 	return nil
 }
 
-func (c *scramClient) Done() bool { return c.done }
+// Done reports a finished exchange in which the server proved it holds the
+// user's credentials; sarama stops stepping then.
+func (c *scramClient) Done() bool { return c.conv != nil && c.conv.Valid() }
 
 func (c *scramClient) Step(challenge string) (string, error) {
+	if c.conv == nil {
+		return "", errors.New("SCRAM: Step before Begin")
+	}
 	c.step++
-	switch c.step {
-	case 1:
-		return c.first(), nil
-	case 2:
-		return c.final(challenge)
-	case 3:
-		return "", c.verify(challenge)
-	}
-	return "", errors.New("SCRAM: exchange already finished")
-}
-
-func (c *scramClient) gs2Header() string {
-	if c.authzID == "" {
-		return "n,,"
-	}
-	return "n,a=" + scramEscape(c.authzID) + ","
-}
-
-func (c *scramClient) first() string {
-	c.firstBare = "n=" + scramEscape(c.user) + ",r=" + c.nonce
-	return c.gs2Header() + c.firstBare
-}
-
-func (c *scramClient) final(serverFirst string) (string, error) {
-	attrs, err := scramAttrs(serverFirst)
-	if err != nil {
-		return "", err
-	}
-	if e, ok := attrs['e']; ok {
+	if e, ok := strings.CutPrefix(challenge, "e="); ok {
 		return "", fmt.Errorf("%w: %s", errSCRAMServer, e)
 	}
-	if _, ok := attrs['m']; ok {
-		return "", errors.New("SCRAM: server-first-message has a mandatory extension we do not support")
+	if c.step == 2 {
+		if err := c.checkServerFirst(challenge); err != nil {
+			return "", err
+		}
 	}
-	nonce := attrs['r']
-	// The server extends our nonce; anything else is not an answer to us.
-	if !strings.HasPrefix(nonce, c.nonce) || len(nonce) == len(c.nonce) {
-		return "", errors.New("SCRAM: server nonce does not extend the client nonce")
-	}
-	salt, err := base64.StdEncoding.DecodeString(attrs['s'])
-	if err != nil || len(salt) == 0 {
-		return "", errors.New("SCRAM: server-first-message has no valid salt")
-	}
-	iter, err := strconv.Atoi(attrs['i'])
-	if err != nil || iter < 1 || iter > scramMaxIterations {
-		return "", fmt.Errorf("SCRAM: server asks for %q iterations", attrs['i'])
-	}
-
-	size := c.hash().Size()
-	salted, err := pbkdf2.Key(c.hash, c.pass, salt, iter, size)
-	if err != nil {
-		return "", fmt.Errorf("SCRAM: deriving the salted password: %w", err)
-	}
-	clientKey := c.hmac(salted, "Client Key")
-	h := c.hash()
-	h.Write(clientKey)
-	storedKey := h.Sum(nil)
-
-	withoutProof := "c=" + base64.StdEncoding.EncodeToString([]byte(c.gs2Header())) + ",r=" + nonce
-	authMessage := c.firstBare + "," + serverFirst + "," + withoutProof
-
-	proof := c.hmac(storedKey, authMessage)
-	for i := range proof {
-		proof[i] ^= clientKey[i]
-	}
-	c.serverProof = c.hmac(c.hmac(salted, "Server Key"), authMessage)
-	return withoutProof + ",p=" + base64.StdEncoding.EncodeToString(proof), nil
-}
-
-func (c *scramClient) verify(serverFinal string) error {
-	attrs, err := scramAttrs(serverFinal)
-	if err != nil {
-		return err
-	}
-	if e, ok := attrs['e']; ok {
-		return fmt.Errorf("%w: %s", errSCRAMServer, e)
-	}
-	sig, err := base64.StdEncoding.DecodeString(attrs['v'])
-	if err != nil || !hmac.Equal(sig, c.serverProof) {
+	resp, err := c.conv.Step(challenge)
+	switch {
+	case err != nil && c.step == 3:
 		// The server did not prove it knows our credentials: it may not be
 		// the broker we meant to reach.
-		return errors.New("SCRAM: server signature does not match; the broker could not prove it holds the user's credentials")
+		return "", fmt.Errorf("SCRAM: the broker could not prove it holds the user's credentials: %w", err)
+	case err != nil:
+		return "", fmt.Errorf("SCRAM: %w", err)
+	case c.step == 1:
+		// client-first-message: gs2 header, n=<user>, r=<nonce>; names are
+		// escaped, so the first ",r=" starts the nonce.
+		_, c.clientNonce, _ = strings.Cut(resp, ",r=")
 	}
-	c.done = true
-	return nil
+	return resp, nil
 }
 
-func (c *scramClient) hmac(key []byte, msg string) []byte {
-	m := hmac.New(c.hash, key)
-	m.Write([]byte(msg))
-	return m.Sum(nil)
-}
-
-// scramEscape encodes a saslname: ',' and '=' would otherwise end or
-// confuse the attribute.
-func scramEscape(s string) string {
-	return strings.NewReplacer("=", "=3D", ",", "=2C").Replace(s)
-}
-
-// scramAttrs parses "k=v,k=v" into single-letter attributes.
-func scramAttrs(msg string) (map[byte]string, error) {
-	attrs := map[byte]string{}
+// checkServerFirst refuses what the library would accept but the relay does
+// not: an iteration count above scramMaxIterations, and a server nonce that
+// merely repeats ours instead of adding its own part.
+func (c *scramClient) checkServerFirst(msg string) error {
 	for _, kv := range strings.Split(msg, ",") {
-		if len(kv) < 2 || kv[1] != '=' {
-			return nil, fmt.Errorf("SCRAM: malformed server message %q", msg)
+		switch {
+		case strings.HasPrefix(kv, "r="):
+			if kv[2:] == c.clientNonce {
+				return errors.New("SCRAM: server nonce does not extend the client nonce")
+			}
+		case strings.HasPrefix(kv, "i="):
+			if n, err := strconv.Atoi(kv[2:]); err == nil && n > scramMaxIterations {
+				return fmt.Errorf("SCRAM: server asks for %d iterations, more than %d", n, scramMaxIterations)
+			}
 		}
-		attrs[kv[0]] = kv[2:]
 	}
-	return attrs, nil
+	return nil
 }
 
 // isAuthFailure reports whether err means the broker refused our

@@ -16,10 +16,10 @@ import (
 // is rebuilt on every pipeline restart, and repeating them would bury them.
 var warnOnce sync.Once
 
-// WarnInsecure logs, once per process, the Kafka settings that weaken
+// warnInsecure logs, once per process, the Kafka settings that weaken
 // security without stopping the relay: they are legitimate in a lab, and an
 // operator must be able to spot them in production logs.
-func WarnInsecure(k config.Kafka, log zerolog.Logger) {
+func warnInsecure(k config.Kafka, log zerolog.Logger) {
 	warnOnce.Do(func() {
 		for _, w := range InsecureSettings(k) {
 			log.Warn().Str("setting", w.Setting).Msg(w.Risk)

@@ -189,8 +189,8 @@ func TestInsecureSettingsAreLogged(t *testing.T) {
 
 	var buf bytes.Buffer
 	log := zerolog.New(&buf)
-	WarnInsecure(k, log)
-	WarnInsecure(k, log)
+	warnInsecure(k, log)
+	warnInsecure(k, log)
 	if n := strings.Count(buf.String(), "INSECURE"); n != 1 {
 		t.Errorf("warned %d times, want once:\n%s", n, buf.String())
 	}
