@@ -50,7 +50,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg := config.Default()
 	cfg.Postgres.URL = config.ConnString(pg.SuperURL())
 	cfg.Kafka.Brokers = []string{broker.Addr()}
-	cfg.Outbox = []config.Table{config.DefaultTable("public.outbox")}
+	cfg.Outbox = []config.Table{config.DefaultTable(config.DefaultOutboxTable)}
 	cfg.Log.Format = "console"
 	if err := cfg.Validate(); err != nil {
 		return err

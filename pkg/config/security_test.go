@@ -74,7 +74,7 @@ func TestSecurityValidation(t *testing.T) {
 		c := Default()
 		c.Postgres.URL = "postgres://relay@db/app"
 		c.Kafka.Brokers = []string{"k:9092"}
-		c.applyTableDefaults()
+		c.Outbox = []Table{DefaultTable(DefaultOutboxTable)}
 		return c
 	}
 	cases := []struct {
