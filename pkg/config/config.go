@@ -16,6 +16,7 @@ type Config struct {
 	Outbox   []Table   `mapstructure:"outbox"`
 	Messages []Message `mapstructure:"messages"`
 	Pipeline Pipeline  `mapstructure:"pipeline"`
+	Snapshot Snapshot  `mapstructure:"snapshot"`
 	HTTP     HTTP      `mapstructure:"http"`
 	Log      Log       `mapstructure:"log"`
 }
@@ -84,6 +85,7 @@ type Table struct {
 	TombstoneOnEmptyPayload bool              `mapstructure:"tombstone_on_empty_payload"`
 	OnUpdate                string            `mapstructure:"on_update"`
 	OnMissingColumn         string            `mapstructure:"on_missing_column"`
+	Snapshot                TableSnapshot     `mapstructure:"snapshot"`
 
 	// OnUpdateSet records that on_update was written in the config rather
 	// than defaulted: only then does the relay have the publication it
@@ -124,6 +126,41 @@ type Pipeline struct {
 	StatusInterval    time.Duration `mapstructure:"status_interval"`
 	MaxBackoff        time.Duration `mapstructure:"max_backoff"`
 	StallTimeout      time.Duration `mapstructure:"stall_timeout"`
+}
+
+// Snapshot says whether rows that exist before the relay's slot are
+// published, and in which order.
+type Snapshot struct {
+	Mode string `mapstructure:"mode"`
+	// OrderBy is a comma-separated column list giving the publish order of
+	// every table that sets none itself; empty means physical order.
+	OrderBy   string `mapstructure:"order_by"`
+	BatchSize int    `mapstructure:"batch_size"`
+}
+
+// snapshot.mode values.
+const (
+	// SnapshotInitial publishes the rows that exist when the slot is
+	// created, then streams: a relay started on a busy outbox loses nothing.
+	SnapshotInitial = "initial"
+	// SnapshotNever only streams what commits after the slot exists.
+	SnapshotNever = "never"
+	// SnapshotInitialOnly publishes the existing rows and exits.
+	SnapshotInitialOnly = "initial_only"
+)
+
+// TableSnapshot overrides the snapshot settings for one table.
+type TableSnapshot struct {
+	OrderBy string `mapstructure:"order_by"`
+}
+
+// SnapshotOrderBy returns the column list that orders t's snapshot, or ""
+// for physical order.
+func (c *Config) SnapshotOrderBy(t Table) string {
+	if t.Snapshot.OrderBy != "" {
+		return t.Snapshot.OrderBy
+	}
+	return c.Snapshot.OrderBy
 }
 
 // HTTP serves health and metrics when Listen is set.

@@ -157,3 +157,53 @@ func TestSASLPasswordAndFileConflict(t *testing.T) {
 		t.Fatalf("want a conflict error, got %v", err)
 	}
 }
+
+func TestSnapshotConfig(t *testing.T) {
+	p := writeConfig(t, `
+postgres: {url: postgres://relay@db:5432/app}
+kafka: {brokers: ["k1:9092"]}
+snapshot: {order_by: "seq"}
+outbox:
+  - table: public.a
+  - table: public.b
+    snapshot: {order_by: 'created_at, "Id"'}
+`)
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Snapshot.Mode != SnapshotInitial || cfg.Snapshot.BatchSize != 10000 {
+		t.Errorf("snapshot defaults: %+v", cfg.Snapshot)
+	}
+	if got := cfg.SnapshotOrderBy(cfg.Outbox[0]); got != "seq" {
+		t.Errorf("global order_by: %q", got)
+	}
+	cols, err := SplitColumns(cfg.SnapshotOrderBy(cfg.Outbox[1]))
+	if err != nil || strings.Join(cols, "|") != "created_at|Id" {
+		t.Errorf("per-table order_by: %q %v", cols, err)
+	}
+	t.Setenv("RELAY_SNAPSHOT_MODE", "never")
+	if cfg, err = Load(p); err != nil || cfg.Snapshot.Mode != SnapshotNever {
+		t.Fatalf("RELAY_SNAPSHOT_MODE: %v %+v", err, cfg)
+	}
+
+	bad := writeConfig(t, `
+postgres: {url: postgres://relay@db:5432/app}
+kafka: {brokers: ["k1:9092"]}
+snapshot: {mode: sometimes, batch_size: 0, order_by: "a; drop table x"}
+outbox:
+  - table: public.a
+    snapshot: {order_by: "x desc"}
+`)
+	t.Setenv("RELAY_SNAPSHOT_MODE", "")
+	_, err = Load(bad)
+	var ve *ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("want validation error, got %v", err)
+	}
+	for _, want := range []string{"snapshot.mode", "snapshot.batch_size", "snapshot.order_by", "outbox[0].snapshot.order_by"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
+}

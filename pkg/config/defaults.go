@@ -41,7 +41,8 @@ func Default() Config {
 			MaxBackoff:        30 * time.Second,
 			StallTimeout:      5 * time.Minute,
 		},
-		Log: Log{Level: "info", Format: "json"},
+		Snapshot: Snapshot{Mode: SnapshotInitial, BatchSize: 10000},
+		Log:      Log{Level: "info", Format: "json"},
 	}
 }
 

@@ -163,6 +163,23 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	switch c.Snapshot.Mode {
+	case SnapshotInitial, SnapshotNever, SnapshotInitialOnly:
+	default:
+		add("snapshot.mode: %q must be initial, never or initial_only", c.Snapshot.Mode)
+	}
+	if c.Snapshot.BatchSize < 1 {
+		add("snapshot.batch_size: must be at least 1")
+	}
+	if _, err := SplitColumns(c.Snapshot.OrderBy); err != nil {
+		add("snapshot.order_by: %v", err)
+	}
+	for i, t := range c.Outbox {
+		if _, err := SplitColumns(t.Snapshot.OrderBy); err != nil {
+			add("outbox[%d].snapshot.order_by: %v", i, err)
+		}
+	}
+
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -212,6 +229,44 @@ func SplitTable(s string) (schema, table string, err error) {
 		return parts[0], parts[1], nil
 	}
 	return "", "", fmt.Errorf("%q must be table or schema.table", s)
+}
+
+// SplitColumns splits a comma-separated list of column names (each
+// optionally double-quoted) into unquoted names; "" gives none.
+func SplitColumns(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var cols []string
+	for _, part := range splitOutsideQuotes(s, ',') {
+		id, err := splitIdents(strings.TrimSpace(part))
+		if err != nil {
+			return nil, err
+		}
+		if len(id) != 1 {
+			return nil, fmt.Errorf("%q is not a column name", strings.TrimSpace(part))
+		}
+		cols = append(cols, id[0])
+	}
+	return cols, nil
+}
+
+// splitOutsideQuotes splits s at sep where sep is not inside double quotes.
+func splitOutsideQuotes(s string, sep byte) []string {
+	var parts []string
+	quoted, start := false, 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '"':
+			quoted = !quoted
+		case sep:
+			if !quoted {
+				parts = append(parts, s[start:i])
+				start = i + 1
+			}
+		}
+	}
+	return append(parts, s[start:])
 }
 
 func splitIdents(s string) ([]string, error) {

@@ -228,12 +228,27 @@ func NewDecoder(tables []config.Table, messages []config.Message, log zerolog.Lo
 const byteaOID = 17
 
 func (d *Decoder) learnRelation(rel *pgoutput.Relation) error {
-	full := rel.Namespace + "." + rel.Name
-	r := &relation{name: full, rule: d.tables[full]}
+	r, err := d.layout(rel)
+	if err != nil {
+		// Forget the half-mapped layout: a row of this table must not be
+		// decoded with it even if a caller carried on after the error.
+		delete(d.rels, rel.ID)
+		return err
+	}
 	d.rels[rel.ID] = r
 	if r.rule == nil {
-		d.log.Debug().Str("table", full).Msg("rows of a table that is not a configured outbox table are ignored")
-		return nil
+		d.log.Debug().Str("table", r.name).Msg("rows of a table that is not a configured outbox table are ignored")
+	}
+	return nil
+}
+
+// layout maps a relation's columns to the parts of an event, for WAL rows
+// and rows read with SQL alike.
+func (d *Decoder) layout(rel *pgoutput.Relation) (*relation, error) {
+	full := rel.Namespace + "." + rel.Name
+	r := &relation{name: full, rule: d.tables[full]}
+	if r.rule == nil {
+		return r, nil
 	}
 	cfg := r.rule.cfg
 	find := func(col string) int {
@@ -302,12 +317,59 @@ func (d *Decoder) learnRelation(rel *pgoutput.Relation) error {
 		r.hdrs = append(r.hdrs, hdrCol{idx: i, name: hdr})
 	}
 	if len(missing) > 0 {
-		// Forget the half-mapped layout: a row of this table must not be
-		// decoded with it even if a caller carried on after the error.
-		delete(d.rels, rel.ID)
-		return fmt.Errorf("outbox table %s has no column for %s", cfg.Table, strings.Join(missing, ", "))
+		return nil, fmt.Errorf("outbox table %s has no column for %s", cfg.Table, strings.Join(missing, ", "))
 	}
-	return nil
+	return r, nil
+}
+
+// RowMapper maps rows of one outbox table read with SQL (a snapshot or a
+// replay) to events, exactly as the stream maps the table's inserts.
+type RowMapper struct {
+	d    *Decoder
+	rel  *relation
+	cols []pgoutput.Column
+}
+
+// RowColumn describes one column of the rows a RowMapper maps.
+type RowColumn struct {
+	Name    string
+	TypeOID uint32
+}
+
+// RowMapper returns a mapper for rows of the configured outbox table
+// schema.name with the given columns. Rows must be in Postgres' text output
+// format, as pgoutput sends them.
+func (d *Decoder) RowMapper(schema, name string, cols []RowColumn) (*RowMapper, error) {
+	rel := &pgoutput.Relation{Namespace: schema, Name: name}
+	for _, c := range cols {
+		rel.Columns = append(rel.Columns, pgoutput.RelColumn{Name: c.Name, TypeOID: c.TypeOID})
+	}
+	r, err := d.layout(rel)
+	if err != nil {
+		return nil, err
+	}
+	if r.rule == nil {
+		return nil, fmt.Errorf("%s is not a configured outbox table", r.name)
+	}
+	return &RowMapper{d: d, rel: r, cols: make([]pgoutput.Column, len(cols))}, nil
+}
+
+// Map maps one row: values[i] is column i in text format, nil for NULL.
+// at stands in for the commit time, which a row read with SQL does not
+// carry. The event copies what it keeps, so values may be reused.
+func (m *RowMapper) Map(values [][]byte, at time.Time) (*Event, error) {
+	if len(values) != len(m.cols) {
+		return nil, fmt.Errorf("outbox table %s: row has %d columns, expected %d", m.rel.rule.cfg.Table, len(values), len(m.cols))
+	}
+	for i, v := range values {
+		if v == nil {
+			m.cols[i] = pgoutput.Column{Kind: 'n'}
+		} else {
+			m.cols[i] = pgoutput.Column{Kind: 't', Data: v}
+		}
+	}
+	m.d.commitAt = at
+	return m.d.insert(m.rel, m.cols)
 }
 
 // Decode decodes one pgoutput message.
