@@ -30,6 +30,8 @@ Usage:
   relay run --config FILE     run the relay (config keys can also come from RELAY_* env vars)
   relay check --config FILE   check the config, Postgres and Kafka; prints a checklist, exits non-zero on a problem
   relay status --config FILE  print the slot's lag in bytes, confirmed LSN, active pid and wal_status
+  relay replay --config FILE --table T [--where SQL]
+                              re-publish rows still in an outbox table (duplicates by design; the slot is untouched)
   relay dev                   run end to end on a throwaway Postgres and an embedded Kafka broker
   relay version               print the version
 `
@@ -55,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, args[1:], stdout, stderr)
+	case "replay":
+		err = cmdReplay(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "relay", version)
 		return 0
