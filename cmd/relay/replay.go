@@ -47,10 +47,10 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	log := newLogger(cfg.Log, stderr)
 
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := pgx.Connect(pctx, cfg.Postgres.URL)
+	conn, err := pgx.Connect(pctx, cfg.Postgres.URL.Reveal())
 	cancel()
 	if err != nil {
-		return fmt.Errorf("connecting to postgres %s: %s", config.RedactURL(cfg.Postgres.URL), config.RedactError(err, cfg.Postgres.URL))
+		return fmt.Errorf("connecting to postgres %s: %s", cfg.Postgres.URL.Redacted(), cfg.Postgres.URL.RedactError(err))
 	}
 	defer closeQuietly(conn)
 	dec, err := decode.NewDecoder([]config.Table{t}, nil, log)
@@ -65,7 +65,7 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	at, err := snap.Begin(ctx, conn, "")
 	if err != nil {
-		return errors.New(config.RedactError(err, cfg.Postgres.URL))
+		return errors.New(cfg.Postgres.URL.RedactError(err))
 	}
 
 	events := make(chan *decode.Event, 1024)
@@ -99,7 +99,7 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	acked := counts.total()
 	if err := errors.Join(readErr, prodErr); err != nil {
 		fmt.Fprintf(stdout, "replay of %s stopped: %d of %d rows read were acknowledged by Kafka\n", t.Table, acked, rows)
-		return errors.New(config.RedactError(err, cfg.Postgres.URL))
+		return errors.New(cfg.Postgres.URL.RedactError(err))
 	}
 	fmt.Fprintf(stdout, "replayed %d rows of %s in %s (%.0f rows/s)\n", acked, t.Table, elapsed.Round(time.Millisecond), float64(acked)/max(elapsed.Seconds(), 1e-9))
 	for _, line := range counts.lines() {

@@ -25,7 +25,7 @@ type ExportedSlot struct {
 // snapshot stays importable until Release: Postgres drops it as soon as the
 // creating connection runs another command or closes.
 func CreateSlotExporting(ctx context.Context, pg config.Postgres) (*ExportedSlot, error) {
-	connURL, err := replicationURL(pg.URL)
+	connURL, err := replicationURL(pg.URL.Reveal())
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +33,7 @@ func CreateSlotExporting(ctx context.Context, pg config.Postgres) (*ExportedSlot
 	defer cancel()
 	conn, err := pgconn.Connect(cctx, connURL)
 	if err != nil {
-		return nil, classify(fmt.Errorf("replication connection to %s: %s", config.RedactURL(pg.URL), config.RedactError(err, pg.URL)), err)
+		return nil, classify(fmt.Errorf("replication connection to %s: %s", pg.URL.Redacted(), pg.URL.RedactError(err)), err)
 	}
 	// The slot name is limited to [a-z0-9_] by config validation, so it needs
 	// no quoting in the replication command.

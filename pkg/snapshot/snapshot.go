@@ -204,11 +204,11 @@ func query(t config.Table, orderBy, where string) (string, error) {
 
 func newMapper(d *decode.Decoder, t config.Table, fields []pgconn.FieldDescription) (*decode.RowMapper, error) {
 	schema, name, _ := config.SplitTable(t.Table)
-	rel := decode.Relation{Namespace: schema, Name: name}
-	for _, f := range fields {
-		rel.Columns = append(rel.Columns, decode.RelColumn{Name: f.Name, TypeOID: f.DataTypeOID, TypeMod: f.TypeModifier})
+	cols := make([]decode.RowColumn, len(fields))
+	for i, f := range fields {
+		cols[i] = decode.RowColumn{Name: f.Name, TypeOID: f.DataTypeOID}
 	}
-	m, err := d.RowMapper(rel)
+	m, err := d.RowMapper(schema, name, cols)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
