@@ -6,7 +6,6 @@
 package test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/relay-dev/relay/internal/devenv"
 	"github.com/relay-dev/relay/internal/devenv/devenvtest"
+	"github.com/relay-dev/relay/internal/testutil"
 )
 
 var relayBin string
@@ -130,26 +130,9 @@ log:
 type relay struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testutil.Buffer
 	done chan struct{}
 	err  error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func (e *env) startRelay(cfgYAML string, extraEnv ...string) *relay {
@@ -158,7 +141,7 @@ func (e *env) startRelay(cfgYAML string, extraEnv ...string) *relay {
 	if err := os.WriteFile(path, []byte(cfgYAML), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
-	r := &relay{t: e.t, out: &syncBuffer{}, done: make(chan struct{})}
+	r := &relay{t: e.t, out: &testutil.Buffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(relayBin, "run", "--config", path)
 	r.cmd.Stdout = r.out
 	r.cmd.Stderr = r.out

@@ -1,17 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/relay-dev/relay/internal/testutil"
 )
 
 // TestHelperRelay is the relay's main when the test binary is re-executed by
@@ -37,23 +37,6 @@ func relayCmd(t *testing.T, args ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestHelperRelay$", "--"}, args...)...)
 	cmd.Env = append(os.Environ(), "RELAY_TEST_HELPER=1")
 	return cmd
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 const secret = "hunter2-secret"
@@ -99,7 +82,7 @@ func TestPasswordNeverLogged(t *testing.T) {
 		t.Run("run/"+format, func(t *testing.T) {
 			path := writeConfig(t, strings.Replace(cfgYAML, "%s", format, 1))
 			cmd := relayCmd(t, "run", "--config", path)
-			out := &lockedBuffer{}
+			out := &testutil.Buffer{}
 			cmd.Stdout, cmd.Stderr = out, out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)

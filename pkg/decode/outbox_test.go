@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/relay-dev/relay/internal/testutil"
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/decode/internal/pgoutput"
 	"github.com/relay-dev/relay/pkg/decode/internal/pgoutput/pgoutputtest"
@@ -65,23 +65,12 @@ func withDefaults(t config.Table) config.Table {
 }
 
 // logBuf collects the decoder's JSON log lines.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+type logBuf struct{ testutil.Buffer }
 
 // lines returns the logged lines at level that contain every one of want.
 func (l *logBuf) lines(level string, want ...string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []string
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) != nil || m["level"] != level {
 			continue
