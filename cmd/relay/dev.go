@@ -51,7 +51,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg.Postgres.URL = config.ConnString(pg.SuperURL())
 	cfg.Kafka.Brokers = []string{broker.Addr()}
 	cfg.Outbox = []config.Table{config.DefaultTable(config.DefaultOutboxTable)}
-	cfg.Log.Format = "console"
+	cfg.Log.Format = config.LogConsole
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -80,11 +80,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func newLogger(l config.Log, w io.Writer) zerolog.Logger {
-	level, err := zerolog.ParseLevel(l.Level)
+	level, err := zerolog.ParseLevel(string(l.Level))
 	if err != nil {
 		level = zerolog.InfoLevel
 	}
-	if l.Format == "console" {
+	if l.Format == config.LogConsole {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()

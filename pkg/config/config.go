@@ -34,26 +34,20 @@ type Postgres struct {
 // Kafka configures the producer. Delivery settings that the guarantees depend on
 // (acks=all, idempotence, unlimited retries) are not configurable.
 type Kafka struct {
-	Brokers         []string `mapstructure:"brokers"`
-	ClientID        string   `mapstructure:"client_id"`
-	Version         string   `mapstructure:"version"`
-	Partitioner     string   `mapstructure:"partitioner"`
-	Compression     string   `mapstructure:"compression"`
-	MaxMessageBytes int      `mapstructure:"max_message_bytes"`
-	TLS             TLS      `mapstructure:"tls"`
-	SASL            SASL     `mapstructure:"sasl"`
+	Brokers         []string    `mapstructure:"brokers"`
+	ClientID        string      `mapstructure:"client_id"`
+	Version         string      `mapstructure:"version"`
+	Partitioner     Partitioner `mapstructure:"partitioner"`
+	Compression     Compression `mapstructure:"compression"`
+	MaxMessageBytes int         `mapstructure:"max_message_bytes"`
+	TLS             TLS         `mapstructure:"tls"`
+	SASL            SASL        `mapstructure:"sasl"`
 
 	// Security (issue 7): what to do with an event larger than
 	// MaxMessageBytes: OversizedStop or OversizedDeadLetter to DeadLetterTopic.
-	Oversized       string `mapstructure:"oversized"`
-	DeadLetterTopic string `mapstructure:"dead_letter_topic"`
+	Oversized       Oversized `mapstructure:"oversized"`
+	DeadLetterTopic string    `mapstructure:"dead_letter_topic"`
 }
-
-// kafka.oversized values.
-const (
-	OversizedStop       = "stop"
-	OversizedDeadLetter = "dead_letter"
-)
 
 // TLS configures encryption to the brokers.
 type TLS struct {
@@ -67,10 +61,10 @@ type TLS struct {
 
 // SASL configures broker authentication.
 type SASL struct {
-	Mechanism    string `mapstructure:"mechanism"`
-	Username     string `mapstructure:"username"`
-	Password     Secret `mapstructure:"password"`
-	PasswordFile string `mapstructure:"password_file"`
+	Mechanism    SASLMechanism `mapstructure:"mechanism"`
+	Username     string        `mapstructure:"username"`
+	Password     Secret        `mapstructure:"password"`
+	PasswordFile string        `mapstructure:"password_file"`
 }
 
 // Table maps the rows of one outbox table to Kafka records. The defaults are
@@ -83,8 +77,8 @@ type Table struct {
 	Headers                 map[string]string `mapstructure:"headers"`
 	PartitionColumn         string            `mapstructure:"partition_column"`
 	TombstoneOnEmptyPayload bool              `mapstructure:"tombstone_on_empty_payload"`
-	OnUpdate                string            `mapstructure:"on_update"`
-	OnMissingColumn         string            `mapstructure:"on_missing_column"`
+	OnUpdate                OnUpdate          `mapstructure:"on_update"`
+	OnMissingColumn         OnMissingColumn   `mapstructure:"on_missing_column"`
 	Snapshot                TableSnapshot     `mapstructure:"snapshot"`
 
 	// OnUpdateSet records that on_update was written in the config rather
@@ -98,7 +92,7 @@ type Table struct {
 // an UPDATE goes unseen, as it always did); set explicitly, even to warn, it
 // asks for updates so that the chosen behaviour can fire.
 func (t Table) WantsUpdates() bool {
-	return t.OnUpdateSet || t.OnUpdate == "error" || t.OnUpdate == "fatal"
+	return t.OnUpdateSet || t.OnUpdate == OnUpdateError || t.OnUpdate == OnUpdateFatal
 }
 
 // Columns names the outbox table's columns that carry each part of a record.
@@ -173,6 +167,6 @@ type HTTP struct {
 
 // Log configures logging on stderr.
 type Log struct {
-	Level  string `mapstructure:"level"`
-	Format string `mapstructure:"format"`
+	Level  LogLevel  `mapstructure:"level"`
+	Format LogFormat `mapstructure:"format"`
 }

@@ -28,8 +28,8 @@ func Default() Config {
 		Kafka: Kafka{
 			ClientID:        "relay",
 			Version:         "2.8.0",
-			Partitioner:     "murmur2",
-			Compression:     "none",
+			Partitioner:     PartitionerMurmur2,
+			Compression:     CompressionNone,
 			MaxMessageBytes: 1000000,
 			Oversized:       OversizedStop,
 		},
@@ -42,7 +42,7 @@ func Default() Config {
 			StallTimeout:      5 * time.Minute,
 		},
 		Snapshot: Snapshot{Mode: SnapshotInitial, BatchSize: 10000},
-		Log:      Log{Level: "info", Format: "json"},
+		Log:      Log{Level: LogInfo, Format: LogJSON},
 	}
 }
 
@@ -55,8 +55,8 @@ func DefaultTable(name string) Table {
 			ID: "id", Key: "aggregateid", Payload: "payload", RouteBy: "aggregatetype", Type: "type",
 		},
 		Topic:           DefaultTopic,
-		OnUpdate:        "warn",
-		OnMissingColumn: "error",
+		OnUpdate:        OnUpdateWarn,
+		OnMissingColumn: OnMissingColumnError,
 	}
 }
 

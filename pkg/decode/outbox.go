@@ -287,7 +287,7 @@ func (d *Decoder) layout(rel *pgoutput.Relation) (*relation, error) {
 	additional := func(what, col string) int {
 		i := find(col)
 		if i < 0 {
-			if cfg.OnMissingColumn == "ignore" {
+			if cfg.OnMissingColumn == config.OnMissingColumnIgnore {
 				d.log.Warn().Str("table", cfg.Table).Str("column", col).Str("use", what).
 					Msg("column missing from outbox table; left out of its events (on_missing_column: ignore)")
 			} else {
@@ -419,9 +419,9 @@ func (d *Decoder) update() error {
 		id = string(d.p.Update.New[rel.id].Data)
 	}
 	switch rel.rule.cfg.OnUpdate {
-	case "fatal":
+	case config.OnUpdateFatal:
 		return fmt.Errorf("UPDATE on outbox table %s (event id %s): outbox rows must be inserted, not updated (on_update: fatal)", rel.rule.cfg.Table, id)
-	case "error":
+	case config.OnUpdateError:
 		d.log.Error().Str("table", rel.rule.cfg.Table).Str("id", id).Msg("UPDATE on outbox table ignored: outbox rows must be inserted, not updated")
 	default:
 		d.log.Warn().Str("table", rel.rule.cfg.Table).Str("id", id).Msg("UPDATE on outbox table ignored: outbox rows must be inserted, not updated")

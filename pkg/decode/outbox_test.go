@@ -359,7 +359,7 @@ func TestDecodePayloadTypesAndTombstones(t *testing.T) {
 func TestDecodeUpdateBehaviour(t *testing.T) {
 	for _, mode := range []string{"warn", "error", "fatal"} {
 		t.Run(mode, func(t *testing.T) {
-			d, logs := newDecoderLog(t, nil, config.Table{Table: `"Sales"."Outbox"`, OnUpdate: mode})
+			d, logs := newDecoderLog(t, nil, config.Table{Table: `"Sales"."Outbox"`, OnUpdate: config.OnUpdate(mode)})
 			decodeOK(t, d, outboxRelation(5, "Sales", "Outbox", oidJSONB))
 			newRow := []pgoutput.Column{txt("e-1"), txt("Order"), txt("k"), txt("Changed"), txt("{}")}
 			r, err := d.Decode(pgoutputtest.Update(5, 'K', []pgoutput.Column{txt("e-1"), colNull, colNull, colNull, colNull}, newRow))

@@ -210,10 +210,10 @@ func CheckTable(ctx context.Context, conn *pgx.Conn, t config.Table) (map[string
 	check("route_by", t.Columns.RouteBy)
 	check("type", t.Columns.Type)
 	check("timestamp", t.Columns.Timestamp)
-	if _, ok := have[t.PartitionColumn]; t.PartitionColumn != "" && !ok && t.OnMissingColumn != "ignore" {
+	if _, ok := have[t.PartitionColumn]; t.PartitionColumn != "" && !ok && t.OnMissingColumn != config.OnMissingColumnIgnore {
 		missing = append(missing, fmt.Sprintf("%q (outbox.partition_column)", t.PartitionColumn))
 	}
-	if t.OnMissingColumn != "ignore" {
+	if t.OnMissingColumn != config.OnMissingColumnIgnore {
 		for col := range t.Headers {
 			if _, ok := have[col]; !ok {
 				missing = append(missing, fmt.Sprintf("%q (outbox.headers)", col))
@@ -312,7 +312,7 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 		var blind []string
 		for _, t := range tables {
 			if t.WantsUpdates() {
-				blind = append(blind, t.Table+" (on_update: "+t.OnUpdate+")")
+				blind = append(blind, t.Table+" (on_update: "+string(t.OnUpdate)+")")
 			}
 		}
 		if len(blind) > 0 {

@@ -125,21 +125,21 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	sc.Metadata.Retry.Max = 10
 	sc.Metadata.Retry.Backoff = 500 * time.Millisecond
 	switch k.Partitioner {
-	case "fnv1a":
+	case config.PartitionerFNV1a:
 		sc.Producer.Partitioner = explicitOr(sarama.NewHashPartitioner)
-	case "random":
+	case config.PartitionerRandom:
 		sc.Producer.Partitioner = explicitOr(sarama.NewRandomPartitioner)
 	default:
 		sc.Producer.Partitioner = explicitOr(newMurmur2Partitioner)
 	}
 	switch k.Compression {
-	case "gzip":
+	case config.CompressionGzip:
 		sc.Producer.Compression = sarama.CompressionGZIP
-	case "snappy":
+	case config.CompressionSnappy:
 		sc.Producer.Compression = sarama.CompressionSnappy
-	case "lz4":
+	case config.CompressionLZ4:
 		sc.Producer.Compression = sarama.CompressionLZ4
-	case "zstd":
+	case config.CompressionZstd:
 		sc.Producer.Compression = sarama.CompressionZSTD
 	}
 	if k.TLS.Enabled {

@@ -22,12 +22,12 @@ func configureSASL(sc *sarama.Config, s config.SASL) error {
 	sc.Net.SASL.User = s.Username
 	sc.Net.SASL.Password = s.Password.Reveal()
 	switch s.Mechanism {
-	case "PLAIN":
+	case config.SASLPlain:
 		sc.Net.SASL.Mechanism = sarama.SASLTypePlaintext
-	case "SCRAM-SHA-256":
+	case config.SASLScramSHA256:
 		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA256
 		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA256} }
-	case "SCRAM-SHA-512":
+	case config.SASLScramSHA512:
 		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA512
 		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA512} }
 	default:

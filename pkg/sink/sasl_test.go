@@ -136,7 +136,7 @@ func startSASLBroker(t *testing.T, extra ...kfake.Opt) *kfake.Cluster {
 func saslKafka(addr, mech, user, pass string) config.Kafka {
 	k := config.Default().Kafka
 	k.Brokers = []string{addr}
-	k.SASL = config.SASL{Mechanism: mech, Username: user, Password: config.Secret(pass)}
+	k.SASL = config.SASL{Mechanism: config.SASLMechanism(mech), Username: user, Password: config.Secret(pass)}
 	return k
 }
 

@@ -41,7 +41,7 @@ func InsecureSettings(k config.Kafka) []Insecurity {
 			"INSECURE: kafka.tls.insecure_skip_verify is true, so the brokers' certificates are NOT verified: anyone on the network path can pose as a broker and read or drop every event" +
 				saslExposure(k) + "; set kafka.tls.ca_file to the brokers' CA instead"})
 	}
-	if k.SASL.Mechanism == "PLAIN" && !k.TLS.Enabled {
+	if k.SASL.Mechanism == config.SASLPlain && !k.TLS.Enabled {
 		out = append(out, Insecurity{"kafka.sasl.mechanism",
 			"INSECURE: SASL PLAIN without TLS sends the Kafka password in clear text on every connection; enable kafka.tls or use SCRAM-SHA-512"})
 	}
@@ -49,7 +49,7 @@ func InsecureSettings(k config.Kafka) []Insecurity {
 }
 
 func saslExposure(k config.Kafka) string {
-	if k.SASL.Mechanism == "PLAIN" {
+	if k.SASL.Mechanism == config.SASLPlain {
 		return ", and capture the SASL PLAIN password"
 	}
 	return ""

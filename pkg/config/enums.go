@@ -1,0 +1,140 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// The keys that take one of a fixed set of values have a type each, with
+// the values as constants and a Validate that names them. To add a value,
+// add its constant and list it in the type's Validate.
+
+// Partitioner is kafka.partitioner: how a record key picks a partition.
+type Partitioner string
+
+const (
+	PartitionerMurmur2 Partitioner = "murmur2" // the Java client's default
+	PartitionerFNV1a   Partitioner = "fnv1a"   // sarama's default
+	PartitionerRandom  Partitioner = "random"
+)
+
+// Validate reports a value that is not one of the constants.
+func (p Partitioner) Validate() error {
+	if err := oneOf(p, PartitionerMurmur2, PartitionerFNV1a, PartitionerRandom); err != nil {
+		return fmt.Errorf("%q must be murmur2 (Java client default), fnv1a (sarama default) or random", string(p))
+	}
+	return nil
+}
+
+// Compression is kafka.compression, the codec of produced batches.
+type Compression string
+
+const (
+	CompressionNone   Compression = "none"
+	CompressionGzip   Compression = "gzip"
+	CompressionSnappy Compression = "snappy"
+	CompressionLZ4    Compression = "lz4"
+	CompressionZstd   Compression = "zstd"
+)
+
+// Validate reports a value that is not one of the constants.
+func (c Compression) Validate() error {
+	return oneOf(c, CompressionNone, CompressionGzip, CompressionSnappy, CompressionLZ4, CompressionZstd)
+}
+
+// SASLMechanism is kafka.sasl.mechanism; empty means no SASL.
+type SASLMechanism string
+
+const (
+	SASLNone        SASLMechanism = ""
+	SASLPlain       SASLMechanism = "PLAIN"
+	SASLScramSHA256 SASLMechanism = "SCRAM-SHA-256"
+	SASLScramSHA512 SASLMechanism = "SCRAM-SHA-512"
+)
+
+// Validate reports a value that is not one of the constants.
+func (m SASLMechanism) Validate() error {
+	if m == SASLNone {
+		return nil
+	}
+	return oneOf(m, SASLPlain, SASLScramSHA256, SASLScramSHA512)
+}
+
+// Oversized is kafka.oversized: the fate of an event larger than
+// kafka.max_message_bytes.
+type Oversized string
+
+const (
+	OversizedStop       Oversized = "stop"        // fail, so that nothing is lost silently
+	OversizedDeadLetter Oversized = "dead_letter" // publish a stand-in to kafka.dead_letter_topic
+)
+
+// Validate reports a value that is not one of the constants.
+func (o Oversized) Validate() error { return oneOf(o, OversizedStop, OversizedDeadLetter) }
+
+// OnUpdate is outbox[].on_update: what an UPDATE of an outbox row does.
+type OnUpdate string
+
+const (
+	OnUpdateWarn  OnUpdate = "warn"
+	OnUpdateError OnUpdate = "error"
+	OnUpdateFatal OnUpdate = "fatal"
+)
+
+// Validate reports a value that is not one of the constants.
+func (o OnUpdate) Validate() error { return oneOf(o, OnUpdateWarn, OnUpdateError, OnUpdateFatal) }
+
+// OnMissingColumn is outbox[].on_missing_column: whether a configured column
+// the table lacks stops the relay.
+type OnMissingColumn string
+
+const (
+	OnMissingColumnError  OnMissingColumn = "error"
+	OnMissingColumnIgnore OnMissingColumn = "ignore"
+)
+
+// Validate reports a value that is not one of the constants.
+func (o OnMissingColumn) Validate() error {
+	return oneOf(o, OnMissingColumnError, OnMissingColumnIgnore)
+}
+
+// LogLevel is log.level.
+type LogLevel string
+
+const (
+	LogDebug LogLevel = "debug"
+	LogInfo  LogLevel = "info"
+	LogWarn  LogLevel = "warn"
+	LogError LogLevel = "error"
+)
+
+// Validate reports a value that is not one of the constants.
+func (l LogLevel) Validate() error { return oneOf(l, LogDebug, LogInfo, LogWarn, LogError) }
+
+// LogFormat is log.format.
+type LogFormat string
+
+const (
+	LogJSON    LogFormat = "json"
+	LogConsole LogFormat = "console" // human-readable, for a terminal
+)
+
+// Validate reports a value that is not one of the constants.
+func (f LogFormat) Validate() error { return oneOf(f, LogJSON, LogConsole) }
+
+// oneOf reports v unless it is among allowed, naming them all.
+func oneOf[T ~string](v T, allowed ...T) error {
+	if slices.Contains(allowed, v) {
+		return nil
+	}
+	names := make([]string, len(allowed))
+	for i, a := range allowed {
+		names[i] = string(a)
+	}
+	list := names[0]
+	if n := len(names); n > 1 {
+		list = strings.Join(names[:n-1], ", ") + " or " + names[n-1]
+	}
+	return fmt.Errorf("%q must be %s", string(v), list)
+}
