@@ -120,6 +120,14 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 // serve runs the pipeline with its HTTP endpoints until ctx is cancelled.
 func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	m := metrics.New(version)
+	var sources []string
+	for _, t := range cfg.Outbox {
+		sources = append(sources, t.Table)
+	}
+	for _, msg := range cfg.Messages {
+		sources = append(sources, "message:"+msg.Prefix)
+	}
+	m.Sources(sources)
 	p := pipeline.New(cfg, m, log)
 	m.Watch(p)
 	stopHTTP, err := startHTTP(cfg, p, m, log)

@@ -94,6 +94,9 @@ func New(version string) *Metrics {
 	// rather than an absent series before the first failure.
 	m.reconnects.WithLabelValues("postgres")
 	m.reconnects.WithLabelValues("kafka")
+	for _, r := range publishReasons {
+		m.errors.WithLabelValues(r)
+	}
 
 	up := prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_up", Help: "1 while the relay process runs."})
 	up.Set(1)
@@ -103,6 +106,21 @@ func New(version string) *Metrics {
 	m.reg.MustRegister(m.published, m.bytes, m.errors, m.reconnects, m.latency, m.deadLetter, up, info, &m.slotLag,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// publishReasons are the reason labels the sink gives errors that carry no
+// Kafka error code; Kafka's own codes (by their text) appear on first use.
+var publishReasons = []string{"out_of_brokers", "message_too_large", "other"}
+
+// Sources creates the per-table series at zero for the configured outbox
+// tables and message sources (decode.Event.Table values: the table name, or
+// "message:<prefix>"), so that increase() and rate() over them see the first
+// event rather than an absent series turning into 1.
+func (m *Metrics) Sources(tables []string) {
+	for _, t := range tables {
+		m.deadLetter.WithLabelValues(t)
+		m.bytes.WithLabelValues(t)
+	}
 }
 
 // Watch registers the gauges derived from s. Call it once, before serving.

@@ -50,6 +50,9 @@ relay_bytes_published_total{table="public.outbox"} 57
 # HELP relay_publish_errors_total Events Kafka refused after the producer's retries; each restarts the pipeline.
 # TYPE relay_publish_errors_total counter
 relay_publish_errors_total{reason="kafka server: Message was too large"} 1
+relay_publish_errors_total{reason="message_too_large"} 0
+relay_publish_errors_total{reason="other"} 0
+relay_publish_errors_total{reason="out_of_brokers"} 0
 # HELP relay_reconnects_total Pipeline restarts caused by a component's failure (postgres or kafka).
 # TYPE relay_reconnects_total counter
 relay_reconnects_total{component="kafka"} 1
@@ -79,6 +82,29 @@ relay_build_info{version="1.2.3"} 1
 	} {
 		if !strings.Contains(body, line+"\n") {
 			t.Errorf("scrape lacks %q", line)
+		}
+	}
+}
+
+// TestLabelledCountersAtZero: before anything happens, every labelled
+// counter the alert rules use has series at zero, so rate() and increase()
+// count the first error instead of seeing a series appear at 1.
+func TestLabelledCountersAtZero(t *testing.T) {
+	m := New("1.2.3")
+	m.Sources([]string{"public.outbox", "message:outbox"})
+	body := scrape(t, m)
+	for _, line := range []string{
+		`relay_publish_errors_total{reason="other"} 0`,
+		`relay_publish_errors_total{reason="out_of_brokers"} 0`,
+		`relay_publish_errors_total{reason="message_too_large"} 0`,
+		`relay_reconnects_total{component="kafka"} 0`,
+		`relay_reconnects_total{component="postgres"} 0`,
+		`relay_dead_letter_total{table="public.outbox"} 0`,
+		`relay_dead_letter_total{table="message:outbox"} 0`,
+		`relay_bytes_published_total{table="public.outbox"} 0`,
+	} {
+		if !strings.Contains(body, line+"\n") {
+			t.Errorf("scrape at start-up lacks %q", line)
 		}
 	}
 }
