@@ -7,7 +7,10 @@
 // alone because it is a topic template placeholder, not a variable.
 package config
 
-import "time"
+import (
+	"regexp"
+	"time"
+)
 
 // Config is the whole relay configuration.
 type Config struct {
@@ -43,8 +46,8 @@ type Kafka struct {
 	TLS             TLS         `mapstructure:"tls"`
 	SASL            SASL        `mapstructure:"sasl"`
 
-	// Security (issue 7): what to do with an event larger than
-	// MaxMessageBytes: OversizedStop or OversizedDeadLetter to DeadLetterTopic.
+	// Oversized is the fate of an event larger than MaxMessageBytes, which
+	// Kafka would refuse forever: stop, or a stand-in to DeadLetterTopic.
 	Oversized       Oversized `mapstructure:"oversized"`
 	DeadLetterTopic string    `mapstructure:"dead_letter_topic"`
 }
@@ -81,6 +84,9 @@ type Table struct {
 	OnMissingColumn         OnMissingColumn   `mapstructure:"on_missing_column"`
 	Snapshot                TableSnapshot     `mapstructure:"snapshot"`
 
+	// routeRe is RouteRegex compiled by Validate; see RouteRegexp.
+	routeRe *regexp.Regexp
+
 	// OnUpdateSet records that on_update was written in the config rather
 	// than defaulted: only then does the relay have the publication it
 	// creates publish updates (see WantsUpdates).
@@ -94,6 +100,11 @@ type Table struct {
 func (t Table) WantsUpdates() bool {
 	return t.OnUpdateSet || t.OnUpdate == OnUpdateError || t.OnUpdate == OnUpdateFatal
 }
+
+// RouteRegexp returns route_regex as compiled by Validate (Load validates),
+// anchored at both ends because Kafka Connect's RegexRouter matches the whole
+// route-by value; nil without a route_regex or before Validate.
+func (t Table) RouteRegexp() *regexp.Regexp { return t.routeRe }
 
 // Columns names the outbox table's columns that carry each part of a record.
 type Columns struct {
@@ -125,23 +136,12 @@ type Pipeline struct {
 // Snapshot says whether rows that exist before the relay's slot are
 // published, and in which order.
 type Snapshot struct {
-	Mode string `mapstructure:"mode"`
+	Mode SnapshotMode `mapstructure:"mode"`
 	// OrderBy is a comma-separated column list giving the publish order of
 	// every table that sets none itself; empty means physical order.
 	OrderBy   string `mapstructure:"order_by"`
 	BatchSize int    `mapstructure:"batch_size"`
 }
-
-// snapshot.mode values.
-const (
-	// SnapshotInitial publishes the rows that exist when the slot is
-	// created, then streams: a relay started on a busy outbox loses nothing.
-	SnapshotInitial = "initial"
-	// SnapshotNever only streams what commits after the slot exists.
-	SnapshotNever = "never"
-	// SnapshotInitialOnly publishes the existing rows and exits.
-	SnapshotInitialOnly = "initial_only"
-)
 
 // TableSnapshot overrides the snapshot settings for one table.
 type TableSnapshot struct {

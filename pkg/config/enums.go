@@ -123,6 +123,25 @@ const (
 // Validate reports a value that is not one of the constants.
 func (f LogFormat) Validate() error { return oneOf(f, LogJSON, LogConsole) }
 
+// SnapshotMode is snapshot.mode: whether rows that exist before the slot
+// are published.
+type SnapshotMode string
+
+const (
+	// SnapshotInitial publishes the rows that exist when the slot is
+	// created, then streams: a relay started on a busy outbox loses nothing.
+	SnapshotInitial SnapshotMode = "initial"
+	// SnapshotNever only streams what commits after the slot exists.
+	SnapshotNever SnapshotMode = "never"
+	// SnapshotInitialOnly publishes the existing rows and exits.
+	SnapshotInitialOnly SnapshotMode = "initial_only"
+)
+
+// Validate reports a value that is not one of the constants.
+func (m SnapshotMode) Validate() error {
+	return oneOf(m, SnapshotInitial, SnapshotNever, SnapshotInitialOnly)
+}
+
 // oneOf reports v unless it is among allowed, naming them all.
 func oneOf[T ~string](v T, allowed ...T) error {
 	if slices.Contains(allowed, v) {

@@ -1,13 +1,24 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"strings"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 )
+
+// Every section type has a Validate that reports all of its problems, each
+// as "key: what is wrong", and Config.Validate collects them. A section at a
+// fixed place names its keys in full (kafka.sasl.username); an entry of a
+// list (Table, Message) does not know its index, so it names its keys
+// relative to itself (route_regex) and Config.Validate prefixes outbox[1].
+// All validation lives here, so that a config that loads is one the relay
+// can start with: nothing is found wrong only when a component is built.
 
 // ValidationError lists every problem found in a configuration, each naming
 // the key at fault, so a user fixes them in one round rather than one per run.
@@ -22,297 +33,329 @@ func (e *ValidationError) Error() string {
 	return fmt.Sprintf("invalid config (%d problems): %s", len(e.Problems), strings.Join(e.Problems, "; "))
 }
 
-// Validate reports every problem in c at once.
+// problems collects "key: message" lines.
+type problems []string
+
+func (p *problems) add(key, format string, args ...any) {
+	*p = append(*p, key+": "+fmt.Sprintf(format, args...))
+}
+
+// merge adds the problems of a section's Validate (or of errors.Join'ed
+// "key: message" errors), each prefixed with prefix.
+func (p *problems) merge(prefix string, err error) {
+	if err == nil {
+		return
+	}
+	var ve *ValidationError
+	if errors.As(err, &ve) {
+		for _, q := range ve.Problems {
+			*p = append(*p, prefix+q)
+		}
+		return
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			p.merge(prefix, e)
+		}
+		return
+	}
+	*p = append(*p, prefix+err.Error())
+}
+
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return &ValidationError{Problems: p}
+}
+
+// Validate reports every problem in c at once. It also compiles each
+// outbox entry's route_regex, once, for Table.RouteRegexp.
 func (c *Config) Validate() error {
-	var p []string
-	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
-
-	switch {
-	case c.Postgres.URL == "":
-		add("postgres.url: required (or set RELAY_POSTGRES_URL)")
-	default:
-		if _, err := pgx.ParseConfig(c.Postgres.URL.Reveal()); err != nil {
-			add("postgres.url: cannot parse: %s", c.Postgres.URL.RedactError(err))
-		}
-	}
-	if !slotName.MatchString(c.Postgres.Slot) {
-		add("postgres.slot: %q must be 1-63 lowercase letters, digits or underscores", c.Postgres.Slot)
-	}
-	if err := checkIdent(c.Postgres.Publication); err != nil {
-		add("postgres.publication: %v", err)
-	}
-
-	if len(c.Kafka.Brokers) == 0 {
-		add("kafka.brokers: at least one broker is required (or set RELAY_KAFKA_BROKERS)")
-	}
-	for i, b := range c.Kafka.Brokers {
-		if !strings.Contains(b, ":") {
-			add("kafka.brokers[%d]: %q must be host:port", i, b)
-		}
-	}
-	switch c.Kafka.Partitioner {
-	case "murmur2", "fnv1a", "random":
-	default:
-		add("kafka.partitioner: %q must be murmur2 (Java client default), fnv1a (sarama default) or random", c.Kafka.Partitioner)
-	}
-	switch c.Kafka.Compression {
-	case "none", "gzip", "snappy", "lz4", "zstd":
-	default:
-		add("kafka.compression: %q must be one of none, gzip, snappy, lz4, zstd", c.Kafka.Compression)
-	}
-	if c.Kafka.MaxMessageBytes <= 0 {
-		add("kafka.max_message_bytes: must be positive")
-	}
-	switch c.Kafka.SASL.Mechanism {
-	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
-		if c.Kafka.SASL.Mechanism != "" && c.Kafka.SASL.Username == "" {
-			add("kafka.sasl.username: required with kafka.sasl.mechanism %s", c.Kafka.SASL.Mechanism)
-		}
-	default:
-		add("kafka.sasl.mechanism: %q must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.Kafka.SASL.Mechanism)
-	}
-	if (c.Kafka.TLS.CertFile == "") != (c.Kafka.TLS.KeyFile == "") {
-		add("kafka.tls: cert_file and key_file must be set together")
-	}
-	// Security (issue 7): no silent plaintext, no login without a password,
-	// and a known fate for oversized events.
-	if tl := c.Kafka.TLS; !tl.Enabled && (tl.CAFile != "" || tl.CertFile != "" || tl.KeyFile != "" || tl.ServerName != "" || tl.InsecureSkipVerify) {
-		add("kafka.tls.enabled: is false but other kafka.tls keys are set; set enabled: true (the relay does not fall back to plaintext)")
-	}
-	if c.Kafka.SASL.Mechanism != "" && c.Kafka.SASL.Password == "" {
-		add("kafka.sasl.password: required with kafka.sasl.mechanism %s (set RELAY_KAFKA_SASL_PASSWORD or kafka.sasl.password_file)", c.Kafka.SASL.Mechanism)
-	}
-	switch c.Kafka.Oversized {
-	case OversizedStop:
-	case OversizedDeadLetter:
-		if c.Kafka.DeadLetterTopic == "" {
-			add("kafka.dead_letter_topic: required with kafka.oversized dead_letter")
-		}
-	default:
-		add("kafka.oversized: %q must be stop or dead_letter", c.Kafka.Oversized)
-	}
-	if t := c.Kafka.DeadLetterTopic; t != "" && (!topicName.MatchString(t) || t == "." || t == "..") {
-		add("kafka.dead_letter_topic: %q is not a valid Kafka topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')", t)
-	}
-
+	var p problems
+	p.merge("", c.Postgres.Validate())
+	p.merge("", c.Kafka.Validate())
 	seen := map[string]bool{}
-	for i, t := range c.Outbox {
-		key := fmt.Sprintf("outbox[%d]", i)
+	for i := range c.Outbox {
+		t := &c.Outbox[i]
+		key := fmt.Sprintf("outbox[%d].", i)
+		p.merge(key, t.Validate())
 		if t.Table == "" {
-			add("%s.table: required", key)
 			continue
 		}
-		if _, _, err := SplitTable(t.Table); err != nil {
-			add("%s.table: %v", key, err)
-		}
 		if seen[t.Table] {
-			add("%s.table: %s is listed twice", key, t.Table)
+			p.add(key+"table", "%s is listed twice", t.Table)
 		}
 		seen[t.Table] = true
-		cols := map[string]string{"id": t.Columns.ID, "key": t.Columns.Key, "payload": t.Columns.Payload,
-			"route_by": t.Columns.RouteBy, "type": t.Columns.Type}
-		for _, name := range []string{"id", "key", "payload", "route_by", "type"} {
-			if cols[name] == "" {
-				add("%s.columns.%s: required", key, name)
-			}
-		}
-		if strings.Count(t.Topic, "${routedByValue}") > 1 {
-			add("%s.topic: ${routedByValue} may appear once", key)
-		}
-		if t.Topic == "" {
-			add("%s.topic: required", key)
-		}
-		if t.RouteRegex != "" {
-			re, err := regexp.Compile(t.RouteRegex)
-			if err != nil {
-				add("%s.route_regex: %v", key, err)
-			} else if re.SubexpIndex("routedByValue") < 0 {
-				add("%s.route_regex: needs a named group (?<routedByValue>...) or (?P<routedByValue>...)", key)
-			}
-		}
-		switch t.OnUpdate {
-		case "warn", "error", "fatal":
-		default:
-			add("%s.on_update: %q must be warn, error or fatal", key, t.OnUpdate)
-		}
-		switch t.OnMissingColumn {
-		case "error", "ignore":
-		default:
-			add("%s.on_missing_column: %q must be error or ignore", key, t.OnMissingColumn)
-		}
 	}
 	for i, m := range c.Messages {
-		if m.Prefix == "" {
-			add("messages[%d].prefix: required", i)
+		p.merge(fmt.Sprintf("messages[%d].", i), m.Validate())
+	}
+	p.merge("", c.Pipeline.Validate())
+	p.merge("", c.Snapshot.Validate())
+	p.merge("", c.HTTP.Validate())
+	p.merge("", c.Log.Validate())
+	return p.err()
+}
+
+// Validate reports every problem in the postgres section.
+func (pg Postgres) Validate() error {
+	var p problems
+	switch {
+	case pg.URL == "":
+		p.add("postgres.url", "required (or set RELAY_POSTGRES_URL)")
+	default:
+		if _, err := pgx.ParseConfig(pg.URL.Reveal()); err != nil {
+			p.add("postgres.url", "cannot parse: %s", pg.URL.RedactError(err))
 		}
 	}
+	if !slotName.MatchString(pg.Slot) {
+		p.add("postgres.slot", "%q must be 1-63 lowercase letters, digits or underscores", pg.Slot)
+	}
+	if err := checkIdent(pg.Publication); err != nil {
+		p.add("postgres.publication", "%v", err)
+	}
+	return p.err()
+}
 
-	pl := c.Pipeline
+// Validate reports every problem in the kafka section, kafka.tls and
+// kafka.sasl included.
+func (k Kafka) Validate() error {
+	var p problems
+	if len(k.Brokers) == 0 {
+		p.add("kafka.brokers", "at least one broker is required (or set RELAY_KAFKA_BROKERS)")
+	}
+	for i, b := range k.Brokers {
+		if !strings.Contains(b, ":") {
+			p.add(fmt.Sprintf("kafka.brokers[%d]", i), "%q must be host:port", b)
+		}
+	}
+	if _, err := parseKafkaVersion(k.Version); err != nil {
+		p.add("kafka.version", "%v", err)
+	}
+	if err := k.Partitioner.Validate(); err != nil {
+		p.add("kafka.partitioner", "%v", err)
+	}
+	if err := k.Compression.Validate(); err != nil {
+		p.add("kafka.compression", "%v", err)
+	}
+	if k.MaxMessageBytes <= 0 {
+		p.add("kafka.max_message_bytes", "must be positive")
+	}
+	// An oversized event must have a known fate: stopping, or a dead
+	// letter topic that exists as a name Kafka accepts.
+	switch err := k.Oversized.Validate(); {
+	case err != nil:
+		p.add("kafka.oversized", "%v", err)
+	case k.Oversized == OversizedDeadLetter && k.DeadLetterTopic == "":
+		p.add("kafka.dead_letter_topic", "required with kafka.oversized dead_letter")
+	}
+	if t := k.DeadLetterTopic; t != "" && (!topicName.MatchString(t) || t == "." || t == "..") {
+		p.add("kafka.dead_letter_topic", "%q is not a valid Kafka topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')", t)
+	}
+	p.merge("", k.TLS.Validate())
+	p.merge("", k.SASL.Validate())
+	return p.err()
+}
+
+// SaramaVersion returns kafka.version as sarama's type.
+func (k Kafka) SaramaVersion() (sarama.KafkaVersion, error) {
+	v, err := parseKafkaVersion(k.Version)
+	if err != nil {
+		return v, fmt.Errorf("kafka.version: %w", err)
+	}
+	return v, nil
+}
+
+// parseKafkaVersion accepts the versions the producer can run against:
+// record headers and idempotence arrived in 0.11.
+func parseKafkaVersion(s string) (sarama.KafkaVersion, error) {
+	v, err := sarama.ParseKafkaVersion(s)
+	if err != nil {
+		return v, err
+	}
+	if !v.IsAtLeast(sarama.V0_11_0_0) {
+		return v, fmt.Errorf("%s is too old: headers and idempotence need 0.11 or later", s)
+	}
+	return v, nil
+}
+
+// Validate reports every problem in kafka.tls. With TLS enabled it reads the
+// CA and the client key pair, so that an unreadable or malformed file stops
+// the relay at start-up, naming the key.
+func (t TLS) Validate() error {
+	var p problems
+	pair := (t.CertFile == "") == (t.KeyFile == "")
+	if !pair {
+		p.add("kafka.tls", "cert_file and key_file must be set together")
+	}
+	// TLS keys without enabled: true would otherwise mean plaintext while
+	// the operator believes the connection encrypted.
+	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
+		p.add("kafka.tls.enabled", "is false but other kafka.tls keys are set; set enabled: true (the relay does not fall back to plaintext)")
+	}
+	if t.Enabled && pair {
+		if _, err := t.ClientConfig(); err != nil {
+			p.merge("", err)
+		}
+	}
+	return p.err()
+}
+
+// Validate reports every problem in kafka.sasl.
+func (s SASL) Validate() error {
+	var p problems
+	if err := s.Mechanism.Validate(); err != nil {
+		p.add("kafka.sasl.mechanism", "%v", err)
+	} else if s.Mechanism != SASLNone && s.Username == "" {
+		p.add("kafka.sasl.username", "required with kafka.sasl.mechanism %s", s.Mechanism)
+	}
+	// Logging in without a password would fail on every connection, and
+	// lock accounts on brokers that count failures.
+	if s.Mechanism != SASLNone && s.Password == "" {
+		p.add("kafka.sasl.password", "required with kafka.sasl.mechanism %s (set RELAY_KAFKA_SASL_PASSWORD or kafka.sasl.password_file)", s.Mechanism)
+	}
+	return p.err()
+}
+
+// Validate reports every problem in one outbox entry, naming keys relative
+// to it. It compiles route_regex and keeps it for RouteRegexp, so the regexp
+// is compiled once, at load.
+func (t *Table) Validate() error {
+	var p problems
+	t.routeRe = nil
+	if err := t.Snapshot.Validate(); err != nil {
+		p.merge("", err)
+	}
+	if t.Table == "" {
+		p.add("table", "required")
+		return p.err()
+	}
+	if _, _, err := SplitTable(t.Table); err != nil {
+		p.add("table", "%v", err)
+	}
+	for _, c := range []struct{ key, val string }{{"id", t.Columns.ID}, {"key", t.Columns.Key},
+		{"payload", t.Columns.Payload}, {"route_by", t.Columns.RouteBy}, {"type", t.Columns.Type}} {
+		if c.val == "" {
+			p.add("columns."+c.key, "required")
+		}
+	}
+	if strings.Count(t.Topic, "${routedByValue}") > 1 {
+		p.add("topic", "${routedByValue} may appear once")
+	}
+	if t.Topic == "" {
+		p.add("topic", "required")
+	}
+	if t.RouteRegex != "" {
+		re, err := compileRouteRegex(t.RouteRegex)
+		if err != nil {
+			p.add("route_regex", "%v", err)
+		} else {
+			t.routeRe = re
+		}
+	}
+	if err := t.OnUpdate.Validate(); err != nil {
+		p.add("on_update", "%v", err)
+	}
+	if err := t.OnMissingColumn.Validate(); err != nil {
+		p.add("on_missing_column", "%v", err)
+	}
+	return p.err()
+}
+
+// compileRouteRegex compiles route_regex as Kafka Connect's RegexRouter
+// applies it: with Matcher.matches(), so the whole value must match, not a
+// substring. The expression is anchored at both ends, in a group that keeps
+// the user's own flags scoped to it; it is also compiled alone first,
+// because the group could make an unbalanced expression such as "a)|(b"
+// compile.
+func compileRouteRegex(expr string) (*regexp.Regexp, error) {
+	if _, err := regexp.Compile(expr); err != nil {
+		return nil, err
+	}
+	re, err := regexp.Compile(`^(?:` + expr + `)$`)
+	if err != nil {
+		return nil, err
+	}
+	if re.SubexpIndex("routedByValue") < 0 {
+		return nil, errors.New("needs a named group (?<routedByValue>...) or (?P<routedByValue>...)")
+	}
+	return re, nil
+}
+
+// Validate reports every problem in a table's snapshot section, naming keys
+// relative to the table.
+func (s TableSnapshot) Validate() error {
+	if _, err := SplitColumns(s.OrderBy); err != nil {
+		return fmt.Errorf("snapshot.order_by: %w", err)
+	}
+	return nil
+}
+
+// Validate reports every problem in one messages entry, naming keys
+// relative to it.
+func (m Message) Validate() error {
+	var p problems
+	if m.Prefix == "" {
+		p.add("prefix", "required")
+	}
+	return p.err()
+}
+
+// Validate reports every problem in the pipeline section.
+func (pl Pipeline) Validate() error {
+	var p problems
 	if pl.MaxInflightEvents < 1 {
-		add("pipeline.max_inflight_events: must be at least 1")
+		p.add("pipeline.max_inflight_events", "must be at least 1")
 	}
 	if pl.MaxInflightBytes < 1024 {
-		add("pipeline.max_inflight_bytes: must be at least 1024")
+		p.add("pipeline.max_inflight_bytes", "must be at least 1024")
 	}
 	for _, d := range []struct {
 		key string
 		v   time.Duration
 	}{{"drain_timeout", pl.DrainTimeout}, {"status_interval", pl.StatusInterval}, {"max_backoff", pl.MaxBackoff}, {"stall_timeout", pl.StallTimeout}} {
 		if d.v <= 0 {
-			add("pipeline.%s: must be a positive duration", d.key)
+			p.add("pipeline."+d.key, "must be a positive duration")
 		}
 	}
-
-	switch c.Snapshot.Mode {
-	case SnapshotInitial, SnapshotNever, SnapshotInitialOnly:
-	default:
-		add("snapshot.mode: %q must be initial, never or initial_only", c.Snapshot.Mode)
-	}
-	if c.Snapshot.BatchSize < 1 {
-		add("snapshot.batch_size: must be at least 1")
-	}
-	if _, err := SplitColumns(c.Snapshot.OrderBy); err != nil {
-		add("snapshot.order_by: %v", err)
-	}
-	for i, t := range c.Outbox {
-		if _, err := SplitColumns(t.Snapshot.OrderBy); err != nil {
-			add("outbox[%d].snapshot.order_by: %v", i, err)
-		}
-	}
-
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		add("log.level: %q must be debug, info, warn or error", c.Log.Level)
-	}
-	switch c.Log.Format {
-	case "json", "console":
-	default:
-		add("log.format: %q must be json or console", c.Log.Format)
-	}
-	if len(p) > 0 {
-		return &ValidationError{Problems: p}
-	}
-	return nil
+	return p.err()
 }
 
-var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-
-// topicName is Kafka's legal topic name (Topic.validate in the Java client).
-var topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
-
-func checkIdent(s string) error {
-	if s == "" {
-		return fmt.Errorf("required")
+// Validate reports every problem in the snapshot section.
+func (s Snapshot) Validate() error {
+	var p problems
+	if err := s.Mode.Validate(); err != nil {
+		p.add("snapshot.mode", "%v", err)
 	}
-	if len(s) > 63 {
-		return fmt.Errorf("%q is longer than 63 bytes", s)
+	if s.BatchSize < 1 {
+		p.add("snapshot.batch_size", "must be at least 1")
 	}
-	if strings.ContainsRune(s, 0) {
-		return fmt.Errorf("contains a NUL byte")
+	if _, err := SplitColumns(s.OrderBy); err != nil {
+		p.add("snapshot.order_by", "%v", err)
 	}
-	return nil
+	return p.err()
 }
 
-// SplitTable splits "schema.table" (either part optionally double-quoted, as in
-// SQL) into its unquoted parts; a bare name means schema public. Unquoted parts
-// fold to lower case as Postgres does.
-func SplitTable(s string) (schema, table string, err error) {
-	parts, err := splitIdents(s)
-	if err != nil {
-		return "", "", err
+// Validate reports every problem in the http section.
+func (h HTTP) Validate() error {
+	var p problems
+	if h.Listen != "" {
+		if _, _, err := net.SplitHostPort(h.Listen); err != nil {
+			p.add("http.listen", "%q must be host:port or :port", h.Listen)
+		}
 	}
-	switch len(parts) {
-	case 1:
-		return "public", parts[0], nil
-	case 2:
-		return parts[0], parts[1], nil
-	}
-	return "", "", fmt.Errorf("%q must be table or schema.table", s)
+	return p.err()
 }
 
-// SplitColumns splits a comma-separated list of column names (each
-// optionally double-quoted) into unquoted names; "" gives none.
-func SplitColumns(s string) ([]string, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
+// Validate reports every problem in the log section.
+func (l Log) Validate() error {
+	var p problems
+	if err := l.Level.Validate(); err != nil {
+		p.add("log.level", "%v", err)
 	}
-	var cols []string
-	for _, part := range splitOutsideQuotes(s, ',') {
-		id, err := splitIdents(strings.TrimSpace(part))
-		if err != nil {
-			return nil, err
-		}
-		if len(id) != 1 {
-			return nil, fmt.Errorf("%q is not a column name", strings.TrimSpace(part))
-		}
-		cols = append(cols, id[0])
+	if err := l.Format.Validate(); err != nil {
+		p.add("log.format", "%v", err)
 	}
-	return cols, nil
-}
-
-// splitOutsideQuotes splits s at sep where sep is not inside double quotes.
-func splitOutsideQuotes(s string, sep byte) []string {
-	var parts []string
-	quoted, start := false, 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '"':
-			quoted = !quoted
-		case sep:
-			if !quoted {
-				parts = append(parts, s[start:i])
-				start = i + 1
-			}
-		}
-	}
-	return append(parts, s[start:])
-}
-
-func splitIdents(s string) ([]string, error) {
-	var parts []string
-	for i := 0; ; {
-		var part string
-		if i < len(s) && s[i] == '"' {
-			var b strings.Builder
-			j := i + 1
-			for {
-				if j >= len(s) {
-					return nil, fmt.Errorf("%q has an unterminated quoted identifier", s)
-				}
-				if s[j] == '"' {
-					if j+1 < len(s) && s[j+1] == '"' {
-						b.WriteByte('"')
-						j += 2
-						continue
-					}
-					break
-				}
-				b.WriteByte(s[j])
-				j++
-			}
-			part, i = b.String(), j+1
-		} else {
-			j := i
-			for j < len(s) && s[j] != '.' {
-				j++
-			}
-			part = strings.ToLower(strings.TrimSpace(s[i:j]))
-			if strings.ContainsAny(part, "\" ;") {
-				return nil, fmt.Errorf("%q: unquoted identifier %q has characters that need double quotes", s, part)
-			}
-			i = j
-		}
-		if err := checkIdent(part); err != nil {
-			return nil, fmt.Errorf("%q: %w", s, err)
-		}
-		parts = append(parts, part)
-		if i >= len(s) {
-			return parts, nil
-		}
-		if s[i] != '.' {
-			return nil, fmt.Errorf("%q: expected '.' after quoted identifier", s)
-		}
-		i++
-	}
+	return p.err()
 }

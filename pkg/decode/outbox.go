@@ -130,30 +130,19 @@ type router struct {
 	log            zerolog.Logger
 }
 
-func newRouter(topic, routeRegex, what string, log zerolog.Logger) (*router, error) {
+// newRouter routes by the topic template and re, route_regex as config
+// compiled it (anchored, with a routedByValue group), or nil.
+func newRouter(topic string, re *regexp.Regexp, what string, log zerolog.Logger) *router {
 	r := &router{cache: map[string]string{}, what: what, log: log}
 	before, after, found := strings.Cut(topic, "${routedByValue}")
 	r.prefix, r.suffix, r.placeholder = before, after, found
 	if !found {
 		r.prefix = topic
 	}
-	if routeRegex != "" {
-		// RegexRouter uses Matcher.matches(): the whole value must match, not
-		// a substring, so the expression is anchored at both ends. The group
-		// keeps the user's own flags scoped to their expression.
-		if _, err := regexp.Compile(routeRegex); err != nil {
-			return nil, err
-		}
-		re, err := regexp.Compile(`^(?:` + routeRegex + `)$`)
-		if err != nil {
-			return nil, err
-		}
+	if re != nil {
 		r.re, r.group = re, re.SubexpIndex("routedByValue")
-		if r.group < 0 {
-			return nil, fmt.Errorf("route_regex %q has no named group (?<routedByValue>...)", routeRegex)
-		}
 	}
-	return r, nil
+	return r
 }
 
 // needsValue reports whether the topic depends on the route-by value at all.
@@ -209,18 +198,15 @@ func NewDecoder(tables []config.Table, messages []config.Message, log zerolog.Lo
 		if err != nil {
 			return nil, fmt.Errorf("outbox table %s: %w", t.Table, err)
 		}
-		r, err := newRouter(t.Topic, t.RouteRegex, t.Table, log)
-		if err != nil {
-			return nil, fmt.Errorf("outbox table %s: route_regex: %w", t.Table, err)
+		re := t.RouteRegexp()
+		if t.RouteRegex != "" && re == nil {
+			return nil, fmt.Errorf("outbox table %s: route_regex is not compiled: the table was not validated (config.Table.Validate)", t.Table)
 		}
+		r := newRouter(t.Topic, re, t.Table, log)
 		d.tables[schema+"."+name] = &rule{cfg: t, schema: schema, name: name, route: r}
 	}
 	for _, m := range messages {
-		r, err := newRouter(m.Topic, "", "message:"+m.Prefix, log)
-		if err != nil {
-			return nil, err
-		}
-		d.messages[m.Prefix] = r
+		d.messages[m.Prefix] = newRouter(m.Topic, nil, "message:"+m.Prefix, log)
 	}
 	return d, nil
 }

@@ -90,6 +90,10 @@ func newDecoderLog(t *testing.T, messages []config.Message, tables ...config.Tab
 	t.Helper()
 	for i := range tables {
 		tables[i] = withDefaults(tables[i])
+		// As config.Load does: Validate compiles route_regex.
+		if err := tables[i].Validate(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	logs := &logBuf{}
 	d, err := NewDecoder(tables, messages, zerolog.New(logs))

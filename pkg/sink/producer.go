@@ -2,11 +2,8 @@ package sink
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,12 +93,11 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	// record; the relay exports its own Prometheus metrics instead.
 	gometrics.UseNilMetrics = true
 	sc := sarama.NewConfig()
-	v, err := sarama.ParseKafkaVersion(k.Version)
+	// config.Load has validated k; these calls only convert it, and report
+	// the same problems for a Kafka config that did not come through Load.
+	v, err := k.SaramaVersion()
 	if err != nil {
-		return nil, fault.Fatal(fmt.Errorf("kafka.version: %w", err))
-	}
-	if !v.IsAtLeast(sarama.V0_11_0_0) {
-		return nil, fault.Fatal(fmt.Errorf("kafka.version: %s is too old: headers and idempotence need 0.11 or later", k.Version))
+		return nil, fault.Fatal(err)
 	}
 	sc.Version = v
 	sc.ClientID = k.ClientID
@@ -143,7 +139,7 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 		sc.Producer.Compression = sarama.CompressionZSTD
 	}
 	if k.TLS.Enabled {
-		tc, err := tlsConfig(k.TLS)
+		tc, err := k.TLS.ClientConfig()
 		if err != nil {
 			return nil, fault.Fatal(err)
 		}
@@ -159,29 +155,6 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 		return nil, fault.Fatal(fmt.Errorf("kafka producer config: %w", err))
 	}
 	return sc, nil
-}
-
-func tlsConfig(t config.TLS) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("kafka.tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("kafka.tls.ca_file: %s holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("kafka.tls.cert_file/key_file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
 }
 
 // explicitOr honours an explicit partition (from partition_column), marked by

@@ -31,7 +31,7 @@ func configureSASL(sc *sarama.Config, s config.SASL) error {
 		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA512
 		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA512} }
 	default:
-		return fmt.Errorf("kafka.sasl.mechanism: %s is not supported (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)", s.Mechanism)
+		return fmt.Errorf("kafka.sasl.mechanism: %w", s.Mechanism.Validate())
 	}
 	return nil
 }
