@@ -253,8 +253,9 @@ func checkKafka(c *checklist, cfg *config.Config) {
 	// Without a full refresh sarama connects lazily and NewClient would
 	// succeed against brokers it never reached.
 	sc.Metadata.Full = true
-	// Security (issue 7): flag weak settings, and name a refused login or an
-	// untrusted certificate as such rather than as unreachable brokers.
+	// An operator runs check to learn what is wrong: weak settings are
+	// flagged, and a refused login or an untrusted certificate is named as
+	// such rather than reported as unreachable brokers.
 	for _, w := range sink.InsecureSettings(cfg.Kafka) {
 		c.warn(w.Setting, w.Risk, "")
 	}

@@ -76,10 +76,23 @@ func assertNoSecret(t *testing.T, what, out string) {
 // `relay status`: the password must not appear anywhere in what they print.
 func TestPasswordNeverLogged(t *testing.T) {
 	pgAddr := closedPort(t)
-	cfgYAML := "postgres:\n  url: postgres://relay:" + secret + "@" + pgAddr + "/app?sslmode=disable&connect_timeout=2\n" +
+	host, port, _ := net.SplitHostPort(pgAddr)
+	// postgres.url in both forms pgx accepts: a URL, and a key=value DSN
+	// with the password quoted.
+	forms := []struct{ name, url, redacted string }{
+		{"", "postgres://relay:" + secret + "@" + pgAddr + "/app?sslmode=disable&connect_timeout=2", "relay:xxxxx@"},
+		{"dsn/", "host=" + host + " port=" + port + " user=relay password='" + secret + "' dbname=app sslmode=disable connect_timeout=2", "password=xxxxx"},
+	}
+	for _, form := range forms {
+		testPasswordNeverLogged(t, form.name, form.url, form.redacted)
+	}
+}
+
+func testPasswordNeverLogged(t *testing.T, name, pgURL, redacted string) {
+	cfgYAML := "postgres:\n  url: \"" + pgURL + "\"\n" +
 		"kafka:\n  brokers: [\"" + closedPort(t) + "\"]\npipeline:\n  max_backoff: 200ms\nlog:\n  level: debug\n  format: %s\n"
 	for _, format := range []string{"json", "console"} {
-		t.Run("run/"+format, func(t *testing.T) {
+		t.Run(name+"run/"+format, func(t *testing.T) {
 			path := writeConfig(t, strings.Replace(cfgYAML, "%s", format, 1))
 			cmd := relayCmd(t, "run", "--config", path)
 			out := &testutil.Buffer{}
@@ -104,14 +117,14 @@ func TestPasswordNeverLogged(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("relay did not stop on SIGTERM")
 			}
-			if !strings.Contains(out.String(), "relay:xxxxx@") {
+			if !strings.Contains(out.String(), redacted) {
 				t.Errorf("expected the redacted URL in the output:\n%s", out.String())
 			}
 			assertNoSecret(t, "relay run output", out.String())
 		})
 	}
 	for _, sub := range []string{"check", "status"} {
-		t.Run(sub, func(t *testing.T) {
+		t.Run(name+sub, func(t *testing.T) {
 			path := writeConfig(t, strings.Replace(cfgYAML, "%s", "json", 1))
 			out, err := relayCmd(t, sub, "--config", path).CombinedOutput()
 			if err == nil {
@@ -120,9 +133,10 @@ func TestPasswordNeverLogged(t *testing.T) {
 			assertNoSecret(t, "relay "+sub+" output", string(out))
 		})
 	}
-	t.Run("invalid-config", func(t *testing.T) {
+	t.Run(name+"invalid-config", func(t *testing.T) {
 		// A config error must not echo the URL's password either.
-		path := writeConfig(t, "postgres:\n  url: postgres://relay:"+secret+"@"+pgAddr+"/app?sslmode=bogus\nkafka:\n  brokers: [nohostport]\n")
+		bad := strings.Replace(pgURL, "sslmode=disable", "sslmode=bogus", 1)
+		path := writeConfig(t, "postgres:\n  url: \""+bad+"\"\nkafka:\n  brokers: [nohostport]\n")
 		out, err := relayCmd(t, "check", "--config", path).CombinedOutput()
 		if err == nil {
 			t.Fatalf("relay check accepted an invalid config:\n%s", out)

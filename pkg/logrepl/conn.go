@@ -28,7 +28,7 @@ func replicationURL(s string) (string, error) {
 // reads the value as a list of SQL identifiers (SplitIdentifierString), so an
 // unquoted name is folded to lower case and one holding a quote, comma or
 // space is a syntax error: the name is quoted as an identifier first, then
-// as a literal. (Security, issue 7.)
+// as a literal, so that no publication name can inject into the command.
 func publicationNames(name string) string {
 	return "publication_names '" + escapeLiteral(pgx.Identifier{name}.Sanitize()) + "'"
 }
