@@ -36,7 +36,7 @@ type Tracker struct {
 	next          uint64 // sequence number of the next reserved event
 	low           uint64 // every sequence number below low is acked
 	acked         []bool // ring indexed by seq % maxEvents
-	sizes         []int32
+	sizes         []int
 	inflightBytes int
 	marks         []mark // commit boundaries not yet passed by the watermark, oldest first
 	head          int
@@ -62,7 +62,7 @@ func New(maxEvents, maxBytes int, start pglogrepl.LSN) *Tracker {
 		maxEvents: maxEvents,
 		maxBytes:  maxBytes,
 		acked:     make([]bool, maxEvents),
-		sizes:     make([]int32, maxEvents),
+		sizes:     make([]int, maxEvents),
 		confirmed: start,
 		space:     make(chan struct{}, 1),
 	}
@@ -81,7 +81,7 @@ func (t *Tracker) TryReserve(size int) (uint64, bool) {
 	t.next++
 	i := seq % uint64(t.maxEvents)
 	t.acked[i] = false
-	t.sizes[i] = int32(size)
+	t.sizes[i] = size
 	t.inflightBytes += size
 	return seq, true
 }
@@ -104,7 +104,7 @@ func (t *Tracker) Ack(seq uint64) {
 	for t.low < t.next && t.acked[t.low%n] {
 		i := t.low % n
 		t.acked[i] = false
-		t.inflightBytes -= int(t.sizes[i])
+		t.inflightBytes -= t.sizes[i]
 		t.low++
 		moved = true
 	}

@@ -152,3 +152,25 @@ func BenchmarkReserveAck(b *testing.B) {
 		tr.Ack(seq)
 	}
 }
+
+// An event too large for the byte cap is admitted alone; its size must come
+// back out of the in-flight bytes exactly when acked, even past 2 GiB (the
+// size of a 1 GB row counted twice), or the cap would never free again.
+func TestHugeEventReleasesItsBytes(t *testing.T) {
+	tr := New(4, 1<<20, 0)
+	const huge = 3 << 30
+	seq, ok := tr.TryReserve(huge)
+	if !ok {
+		t.Fatal("an event larger than the cap must be admitted when nothing is in flight")
+	}
+	if got := tr.Stats().InflightBytes; got != huge {
+		t.Fatalf("in-flight bytes %d, want %d", got, huge)
+	}
+	tr.Ack(seq)
+	if got := tr.Stats().InflightBytes; got != 0 {
+		t.Fatalf("in-flight bytes after the ack: %d, want 0", got)
+	}
+	if _, ok := tr.TryReserve(100); !ok {
+		t.Fatal("the cap did not free after the huge event was acked")
+	}
+}
