@@ -176,7 +176,7 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 	e.waitDelivered(300, 60*time.Second, topic)
 	r.kill()
 	waitFor(t, 30*time.Second, "orders committed while the relay is down", func() bool { return svc.count() >= 600 })
-	r = e.startRelay(cfg)
+	e.startRelay(cfg)
 	e.waitDelivered(900, 60*time.Second, topic)
 	halt()
 	select {

@@ -461,7 +461,7 @@ func (e *env) collectDelivered(committed []event, timeout time.Duration) (verdic
 			return v, nil
 		}
 		if last {
-			return v, fmt.Errorf("not every committed event reached Kafka within %s: %s (records=%d, error: %v)", timeout, v, n, err)
+			return v, fmt.Errorf("not every committed event reached Kafka within %s: %s (records=%d, error: %w)", timeout, v, n, err)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

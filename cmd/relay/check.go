@@ -352,17 +352,23 @@ func brokerAutoCreate(client sarama.Client, admin sarama.ClusterAdmin) (enabled,
 	if len(brokers) == 0 {
 		return false, false
 	}
-	entries, err := admin.DescribeConfig(sarama.ConfigResource{
+	name := strconv.Itoa(int(brokers[0].ID()))
+	results, err := admin.DescribeConfigs([]*sarama.ConfigResource{{
 		Type:        sarama.BrokerResource,
-		Name:        strconv.Itoa(int(brokers[0].ID())),
+		Name:        name,
 		ConfigNames: []string{"auto.create.topics.enable"},
-	})
+	}}, sarama.DescribeConfigsOptions{})
 	if err != nil {
 		return false, false
 	}
-	for _, e := range entries {
-		if e.Name == "auto.create.topics.enable" {
-			return e.Value == "true", true
+	for _, r := range results {
+		if r.Name != name || r.ErrorCode != sarama.ErrNoError {
+			continue
+		}
+		for _, e := range r.Configs {
+			if e.Name == "auto.create.topics.enable" {
+				return e.Value == "true", true
+			}
 		}
 	}
 	return false, false

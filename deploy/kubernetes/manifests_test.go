@@ -335,7 +335,7 @@ func checkRelay(t *testing.T, objs []object, w workload) *config.Config {
 		}
 	}
 	sc, psc := c.SecurityContext, w.obj.Spec.Template.Spec.SecurityContext
-	if !(isTrue(sc.RunAsNonRoot) || isTrue(psc.RunAsNonRoot)) {
+	if !isTrue(sc.RunAsNonRoot) && !isTrue(psc.RunAsNonRoot) {
 		t.Error("relay container may run as root: set runAsNonRoot")
 	}
 	if !isTrue(sc.ReadOnlyRootFilesystem) {

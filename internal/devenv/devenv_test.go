@@ -146,7 +146,7 @@ func TestWatchdogChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Printf("DATADIR %s %d\n", pg.DataDir(), pg.Port())
-	io.ReadAll(os.Stdin) // until the parent kills us
+	_, _ = io.ReadAll(os.Stdin) // until the parent kills us
 }
 
 // A process killed without calling Close must not leave its server behind.
@@ -174,14 +174,14 @@ func TestPostgresWatchdog(t *testing.T) {
 		}
 	}
 	if dataDir == "" {
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 		t.Fatal("child did not start a server")
 	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	cmd.Wait()
+	_ = cmd.Wait() // killed: the exit status says so
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {

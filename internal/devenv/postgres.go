@@ -532,7 +532,7 @@ func (p *Postgres) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
 		case <-tick.C:
 		}
 	}
@@ -831,8 +831,8 @@ func drain(r io.Reader, dst io.Writer, tail *Tail) {
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			tail.Write(buf[:n])
-			dst.Write(buf[:n]) //nolint:errcheck // see above
+			_, _ = tail.Write(buf[:n]) // a Tail never fails
+			_, _ = dst.Write(buf[:n])  // see above: a failing destination must not stop the reading
 		}
 		if err != nil {
 			return

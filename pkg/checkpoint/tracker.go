@@ -74,12 +74,12 @@ func (t *Tracker) TryReserve(size int) (uint64, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	inflight := t.next - t.low
-	if inflight >= uint64(t.maxEvents) || (inflight > 0 && t.inflightBytes+size > t.maxBytes) {
+	if inflight >= uint64(t.maxEvents) || (inflight > 0 && t.inflightBytes+size > t.maxBytes) { //nolint:gosec // G115: New makes maxEvents >= 1
 		return 0, false
 	}
 	seq := t.next
 	t.next++
-	i := seq % uint64(t.maxEvents)
+	i := seq % uint64(t.maxEvents) //nolint:gosec // G115: New makes maxEvents >= 1
 	t.acked[i] = false
 	t.sizes[i] = size
 	t.inflightBytes += size
@@ -98,7 +98,7 @@ func (t *Tracker) Ack(seq uint64) {
 		t.mu.Unlock()
 		return
 	}
-	n := uint64(t.maxEvents)
+	n := uint64(t.maxEvents) //nolint:gosec // G115: New makes maxEvents >= 1
 	t.acked[seq%n] = true
 	moved := false
 	for t.low < t.next && t.acked[t.low%n] {
@@ -192,7 +192,7 @@ func (t *Tracker) Stats() Stats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return Stats{
-		InflightEvents: int(t.next - t.low),
+		InflightEvents: int(t.next - t.low), //nolint:gosec // G115: at most maxEvents
 		InflightBytes:  t.inflightBytes,
 		Confirmed:      t.confirmed,
 		LastCommit:     t.lastCommit,

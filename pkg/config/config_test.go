@@ -100,7 +100,9 @@ func TestUnknownKeyIsAnError(t *testing.T) {
 func TestSecretsFromFilesAndEnvExpansion(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "pw")
-	os.WriteFile(pw, []byte("s3cr3t\n"), 0o600)
+	if err := os.WriteFile(pw, []byte("s3cr3t\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("PGHOST_FOR_TEST", "db.internal")
 	p := writeConfig(t, `
 postgres:
@@ -150,7 +152,9 @@ func TestSplitTable(t *testing.T) {
 
 func TestSASLPasswordAndFileConflict(t *testing.T) {
 	pw := filepath.Join(t.TempDir(), "pw")
-	os.WriteFile(pw, []byte("x"), 0o600)
+	if err := os.WriteFile(pw, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("RELAY_KAFKA_SASL_PASSWORD", "y")
 	p := writeConfig(t, "postgres:\n  url: postgres://r@h/d\nkafka:\n  brokers: [\"k:1\"]\n  sasl:\n    mechanism: PLAIN\n    username: u\n    password_file: "+pw+"\n")
 	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "not both") {

@@ -24,7 +24,7 @@ func newMurmur2Partitioner(topic string) sarama.Partitioner {
 	p := &murmur2Partitioner{hashed: sarama.NewMurmur2Partitioner(topic)}
 	// Start the round-robin at a random partition so that many short-lived
 	// producers do not all begin on partition 0.
-	p.next.Store(rand.Uint32())
+	p.next.Store(rand.Uint32()) //nolint:gosec // G404: spreads load, guards no secret
 	return p
 }
 
@@ -66,7 +66,7 @@ func (p *murmur2Partitioner) Partition(msg *sarama.ProducerMessage, numPartition
 }
 
 func (p *murmur2Partitioner) roundRobin(numPartitions int32) int32 {
-	return int32((p.next.Add(1) - 1) % uint32(numPartitions))
+	return int32((p.next.Add(1) - 1) % uint32(numPartitions)) //nolint:gosec // G115: sarama passes numPartitions > 0, so the result is below it
 }
 
 // RequiresConsistency implements sarama.Partitioner: a keyed message must go

@@ -109,8 +109,11 @@ func TestHandshakeTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca, other := newTestCA(t, "relay test CA"), newTestCA(t, "someone else's CA")
 	caFile, otherFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "other.pem")
-	os.WriteFile(caFile, ca.pem, 0o600)
-	os.WriteFile(otherFile, other.pem, 0o600)
+	for path, pem := range map[string][]byte{caFile: ca.pem, otherFile: other.pem} {
+		if err := os.WriteFile(path, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	clientCert, clientKey := writePEM(t, dir, "client", ca.issue(t, "relay", true))
 
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{

@@ -252,7 +252,7 @@ func writeTxn(ctx context.Context, conn *pgx.Conn, gen *eventGen, seq, size int)
 	if err != nil {
 		return err
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	defer tx.Rollback(context.WithoutCancel(ctx)) // a no-op after Commit
 	b := &pgx.Batch{}
 	for i := range size {
 		e := gen.next(seq + i)

@@ -262,7 +262,7 @@ func (r *relayProc) pid() int { return r.cmd.Process.Pid }
 func (r *relayProc) exited() error {
 	select {
 	case <-r.done:
-		return fmt.Errorf("relay exited (%v); output tail:\n%s", r.err, r.out.String())
+		return fmt.Errorf("relay exited (%w); output tail:\n%s", r.err, r.out.String())
 	default:
 		return nil
 	}
@@ -446,7 +446,7 @@ func waitUntil(ctx context.Context, r *relayProc, timeout, interval time.Duratio
 		select {
 		case <-ctx.Done():
 			if lastErr != nil {
-				return fmt.Errorf("waiting for %s: %w (last error: %v)", what, ctx.Err(), lastErr)
+				return fmt.Errorf("waiting for %s: %w (last error: %w)", what, ctx.Err(), lastErr)
 			}
 			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
 		case <-t.C:
