@@ -101,13 +101,10 @@ func (c *Config) Validate() error {
 // Validate reports every problem in the postgres section.
 func (pg Postgres) Validate() error {
 	var p problems
-	switch {
-	case pg.URL == "":
+	if pg.URL == "" {
 		p.add("postgres.url", "required (or set RELAY_POSTGRES_URL)")
-	default:
-		if _, err := pgx.ParseConfig(pg.URL.Reveal()); err != nil {
-			p.add("postgres.url", "cannot parse: %s", pg.URL.RedactError(err))
-		}
+	} else if _, err := pgx.ParseConfig(pg.URL.Reveal()); err != nil {
+		p.add("postgres.url", "cannot parse: %s", pg.URL.RedactError(err))
 	}
 	if !slotName.MatchString(pg.Slot) {
 		p.add("postgres.slot", "%q must be 1-63 lowercase letters, digits or underscores", pg.Slot)
