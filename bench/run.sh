@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the relay and the benchmark, then runs the benchmark (issue 5).
+# Builds the relay and the benchmark, then runs the benchmark against the
+# targets in README.md (Performance).
 # Flags go to relaybench: bench/run.sh -h lists them, e.g.
 #   bench/run.sh -only drain -n 50000
 #   bench/run.sh -only latency -latency-duration 10s

@@ -1,10 +1,11 @@
 package test
 
-// Fault tests (issue 3, "Prove the guarantees under faults"): each breaks one
-// component under a steady stream of outbox inserts and then checks, with the
-// independent consumer, that every committed event reached Kafka (lost = 0)
-// and that first deliveries per key are in commit order. Duplicates are
-// allowed where the guarantee allows them (the unacked tail) and logged.
+// Fault tests: the guarantees only mean something if they hold while things
+// break, so each of these breaks one component under a steady stream of
+// outbox inserts and then checks, with the independent consumer, that every
+// committed event reached Kafka (lost = 0) and that first deliveries per key
+// are in commit order. Duplicates are allowed where the guarantee allows them
+// (the unacked tail) and logged.
 
 import (
 	"context"

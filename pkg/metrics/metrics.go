@@ -37,7 +37,7 @@ type Metrics struct {
 	errors     *prometheus.CounterVec
 	reconnects *prometheus.CounterVec
 	latency    prometheus.Histogram
-	deadLetter *prometheus.CounterVec // security (issue 7): see sink.DeadLetterObserver
+	deadLetter *prometheus.CounterVec // by table only: an event id or topic label would grow without bound and carry data
 	slotLag    slotLag
 
 	// children is a copy-on-write map: Published runs once per acked event

@@ -1,5 +1,5 @@
 // Command relaybench measures the relay binary against a throwaway Postgres
-// and an embedded Kafka broker (issue 5): backlog drain rate against
+// and an embedded Kafka broker: backlog drain rate against
 // pg_recvlogical's ceiling, steady-state end-to-end latency, and peak RSS
 // with a backlog and a stalled broker. It prints a table and writes
 // bench/results/<date>-<host>.md.
