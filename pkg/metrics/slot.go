@@ -43,8 +43,10 @@ func (s *slotLag) set(v int64, valid bool) {
 	s.mu.Unlock()
 }
 
-// ErrNoSlot means the slot does not exist (yet): the relay creates it on start.
-var ErrNoSlot = errors.New("replication slot does not exist")
+// errNoSlot means the slot does not exist (yet), or has no confirmed position
+// yet: the relay creates it on start, so the sampler reports nothing rather
+// than an error.
+var errNoSlot = errors.New("replication slot does not exist")
 
 // ReadSlotLag returns how many bytes of WAL Postgres retains for slot:
 // pg_current_wal_lsn() - confirmed_flush_lsn, never negative.
@@ -53,7 +55,7 @@ func ReadSlotLag(ctx context.Context, conn *pgx.Conn, slot string) (int64, error
 	err := conn.QueryRow(ctx, `SELECT greatest(pg_current_wal_lsn() - confirmed_flush_lsn, 0)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lag)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, ErrNoSlot
+		return 0, errNoSlot
 	}
 	if err != nil {
 		return 0, err
@@ -61,7 +63,7 @@ func ReadSlotLag(ctx context.Context, conn *pgx.Conn, slot string) (int64, error
 	if lag == nil {
 		// A slot that has not reached a consistent point has no
 		// confirmed_flush_lsn yet.
-		return 0, ErrNoSlot
+		return 0, errNoSlot
 	}
 	return *lag, nil
 }
@@ -85,7 +87,7 @@ func (m *Metrics) SampleSlotLag(ctx context.Context, pg config.Postgres, interva
 		}
 		err := m.sampleOnce(ctx, &conn, pg, interval)
 		next := interval
-		if errors.Is(err, ErrNoSlot) {
+		if errors.Is(err, errNoSlot) {
 			// The relay creates the slot moments after start; a quick
 			// retry on the open connection shows the lag from then on.
 			next = min(interval, time.Second)
@@ -99,7 +101,7 @@ func (m *Metrics) SampleSlotLag(ctx context.Context, pg config.Postgres, interva
 			msg := pg.URL.RedactError(err)
 			if msg != lastErr {
 				ev := log.Warn()
-				warned = !errors.Is(err, ErrNoSlot)
+				warned = !errors.Is(err, errNoSlot)
 				if !warned {
 					ev = log.Debug()
 				}
@@ -126,7 +128,7 @@ func (m *Metrics) sampleOnce(ctx context.Context, conn **pgx.Conn, pg config.Pos
 		*conn = c
 	}
 	lag, err := ReadSlotLag(ctx, *conn, pg.Slot)
-	if err != nil && !errors.Is(err, ErrNoSlot) {
+	if err != nil && !errors.Is(err, errNoSlot) {
 		// The connection may be broken; the next tick starts afresh.
 		closeConn(*conn)
 		*conn = nil
