@@ -168,12 +168,34 @@ func checkPublication(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *co
 			wantUpdates = append(wantUpdates, t.Table)
 		}
 	}
+	var slotExists bool
+	if !ps.Exists {
+		st, err := logrepl.ReadSlot(ctx, conn, pg.Slot)
+		if err != nil {
+			c.fail(what, redact(err), "")
+			return
+		}
+		slotExists = st.Exists
+	}
+	var partitioned []string
+	for _, t := range ps.Partitioned {
+		partitioned = append(partitioned, quoteTable(t.Table))
+	}
 	switch {
+	case !ps.Exists && slotExists:
+		// What `relay run` refuses: a publication created now does not
+		// cover the WAL the slot has yet to decode.
+		c.fail(what, fmt.Sprintf("does not exist, but slot %s does: the publication was dropped after the slot was created, and changes committed since cannot be decoded through a new one", pg.Slot),
+			fmt.Sprintf("%s; then, if the relay still stops on the gap, replay the outbox rows committed since the drop from the table, or accept the gap by dropping the slot (SELECT pg_drop_replication_slot('%s'))",
+				logrepl.CreatePublicationSQL(pg, cfg.Outbox), pg.Slot))
 	case !ps.Exists && pg.CreatePublication:
 		c.ok(what, "does not exist yet; the relay creates it on start (postgres.create_publication: true) for "+strings.Join(tables, ", "))
 	case !ps.Exists:
 		c.fail(what, "does not exist and postgres.create_publication is false",
-			fmt.Sprintf("as the tables' owner: CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pub, strings.Join(tables, ", ")))
+			"as the tables' owner: "+logrepl.CreatePublicationSQL(pg, cfg.Outbox))
+	case !ps.ViaRoot && len(partitioned) > 0:
+		c.fail(what, "publish_via_partition_root is off, so rows of the partitioned outbox table(s) "+strings.Join(partitioned, ", ")+" would arrive under their partitions' names and never be relayed",
+			fmt.Sprintf("ALTER PUBLICATION %s SET (publish_via_partition_root = true)", pub))
 	case !ps.Inserts:
 		c.fail(what, "does not publish inserts", fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert')", pub))
 	case len(ps.Missing) > 0:

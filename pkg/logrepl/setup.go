@@ -83,14 +83,12 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 		return 0, err
 	}
 
-	var updates bool
 	for _, t := range tables {
 		if _, err := CheckTable(ctx, conn, t); err != nil {
 			return 0, err
 		}
-		updates = updates || t.WantsUpdates()
 	}
-	if err := ensurePublication(ctx, conn, pg, tables, updates, log); err != nil {
+	if err := ensurePublication(ctx, conn, pg, tables, log); err != nil {
 		return 0, err
 	}
 
@@ -258,103 +256,6 @@ var ErrColumnType = errors.New("change the column's type (ALTER TABLE ... ALTER 
 func quotedTable(t config.Table) string {
 	schema, name, _ := config.SplitTable(t.Table)
 	return pgx.Identifier{schema, name}.Sanitize()
-}
-
-func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, tables []config.Table, updates bool, log logger) error {
-	pub := pgx.Identifier{pg.Publication}.Sanitize()
-	ps, err := ReadPublication(ctx, conn, pg.Publication, tables)
-	if err != nil {
-		return err
-	}
-	publish := "insert"
-	if updates {
-		publish = "insert, update"
-	}
-	if !ps.Exists {
-		if !pg.CreatePublication {
-			return fault.Fatal(fmt.Errorf("publication %q does not exist and postgres.create_publication is false: have the table owner run CREATE PUBLICATION %s FOR TABLE ... WITH (publish = '%s')", pg.Publication, pub, publish))
-		}
-		var names []string
-		for _, t := range tables {
-			names = append(names, quotedTable(t))
-		}
-		if len(names) == 0 {
-			// Only logical messages: they flow whatever the publication holds.
-			names = nil
-		}
-		sql := "CREATE PUBLICATION " + pub
-		if len(names) > 0 {
-			sql += " FOR TABLE " + strings.Join(names, ", ")
-		}
-		// publish_via_partition_root: rows of a partitioned outbox table
-		// (pkg/outbox's CreatePartitionedTable) arrive under the table's own
-		// name, which is the one configured, instead of their partition's.
-		sql += " WITH (publish = '" + publish + "', publish_via_partition_root = true)"
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			return classify(fmt.Errorf("creating publication %q (%s): %w", pg.Publication, sql, err), err)
-		}
-		log.Info().Str("publication", pg.Publication).Str("sql", sql).Msg("created publication")
-		return nil
-	}
-	for _, t := range ps.Missing {
-		if !pg.CreatePublication {
-			return fault.Fatal(fmt.Errorf("outbox table %s is not in publication %q: ALTER PUBLICATION %s ADD TABLE %s", t.Table, pg.Publication, pub, quotedTable(t)))
-		}
-		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pub+" ADD TABLE "+quotedTable(t)); err != nil {
-			return classify(fmt.Errorf("adding %s to publication %q: %w", t.Table, pg.Publication, err), err)
-		}
-		log.Info().Str("publication", pg.Publication).Str("table", t.Table).Msg("added table to publication")
-	}
-	if !ps.Inserts {
-		return fault.Fatal(fmt.Errorf("publication %q does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", pg.Publication, pub))
-	}
-	if !ps.Updates {
-		var blind []string
-		for _, t := range tables {
-			if t.WantsUpdates() {
-				blind = append(blind, t.Table+" (on_update: "+string(t.OnUpdate)+")")
-			}
-		}
-		if len(blind) > 0 {
-			log.Warn().Str("publication", pg.Publication).Strs("tables", blind).
-				Msgf("publication does not publish updates, so UPDATEs on these outbox tables cannot be detected: ALTER PUBLICATION %s SET (publish = 'insert, update')", pub)
-		}
-	}
-	return nil
-}
-
-// PublicationState is what pg_publication says about the relay's publication.
-type PublicationState struct {
-	Exists  bool
-	Inserts bool           // publishes inserts
-	Updates bool           // publishes updates, which on_update needs to see
-	Missing []config.Table // outbox tables not in the publication
-}
-
-// ReadPublication reads the publication's state on a regular connection.
-func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []config.Table) (PublicationState, error) {
-	var ps PublicationState
-	err := conn.QueryRow(ctx, "SELECT pubinsert, pubupdate FROM pg_publication WHERE pubname = $1", name).Scan(&ps.Inserts, &ps.Updates)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ps, nil
-	}
-	if err != nil {
-		return ps, classify(fmt.Errorf("reading publication %q: %w", name, err), err)
-	}
-	ps.Exists = true
-	for _, t := range tables {
-		schema, table, _ := config.SplitTable(t.Table)
-		var in bool
-		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
-			name, schema, table).Scan(&in)
-		if err != nil {
-			return ps, classify(fmt.Errorf("reading publication %q: %w", name, err), err)
-		}
-		if !in {
-			ps.Missing = append(ps.Missing, t)
-		}
-	}
-	return ps, nil
 }
 
 // classify marks Postgres errors that a retry cannot fix as fatal: bad

@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -53,8 +54,12 @@ type Stream struct {
 	Tracker  *checkpoint.Tracker
 	Stats    *Stats
 	Log      zerolog.Logger
+	// Tables are the outbox tables, named in the fix when the publication
+	// goes missing.
+	Tables []config.Table
 
 	conn     *pgconn.PgConn
+	gap      error // set once the walsender says the publication is missing
 	received pglogrepl.LSN
 	sentLSN  pglogrepl.LSN
 	sentAt   time.Time
@@ -82,8 +87,23 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	if err != nil {
 		return fault.Fatal(err)
 	}
+	connCfg, err := pgconn.ParseConfig(connURL)
+	if err != nil {
+		return fault.Fatal(fmt.Errorf("postgres.url: %s", s.PG.URL.RedactError(err)))
+	}
+	// PostgreSQL 18's walsender does not fail when the publication is
+	// missing at a point of the WAL: it warns and skips the changes. The
+	// warning is the only sign of the gap, so it stops the stream before
+	// anything past it can be confirmed. pgconn calls this from within the
+	// reads of the goroutine that owns the connection.
+	connCfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		if s.gap == nil && strings.HasPrefix(n.Message, "skipped loading publication") {
+			s.gap = publicationGapError(s.PG, s.Tables, fmt.Sprintf("the walsender warned %q (%s%s): publication %q does not exist at that point of the WAL, it was dropped, and PostgreSQL skips every change there",
+				n.Message, n.Detail, where(n.Where), s.PG.Publication))
+		}
+	}
 	cctx, cancel := context.WithTimeout(hard, setupTimeout)
-	conn, err := pgconn.Connect(cctx, connURL)
+	conn, err := pgconn.ConnectConfig(cctx, connCfg)
 	cancel()
 	if err != nil {
 		return classify(fmt.Errorf("replication connection to %s: %s", s.PG.URL.Redacted(), s.PG.URL.RedactError(err)), err)
@@ -140,6 +160,9 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 			return hard.Err()
 		}
 		msg, err := conn.ReceiveMessage(context.Background())
+		if s.gap != nil {
+			return s.gap
+		}
 		if err != nil {
 			if hard.Err() != nil {
 				return hard.Err()
@@ -197,6 +220,12 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 			s.touch()
 		case *pgproto3.ErrorResponse:
 			pgErr := pgconn.ErrorResponseToPgError(msg)
+			if publicationMissing(pgErr) {
+				// PostgreSQL 15 to 17 fail on the first change after the
+				// drop, and again at the same point after every restart.
+				return publicationGapError(s.PG, s.Tables, fmt.Sprintf("the walsender failed with %q%s: the publication was dropped, and changes after that point of the WAL cannot be decoded through it",
+					pgErr.Message, where(pgErr.Where)))
+			}
 			return classify(fmt.Errorf("replication stream: %w", pgErr), pgErr)
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream: server ended the copy")
@@ -316,6 +345,11 @@ func (s *Stream) maybeStatus(force bool) error {
 }
 
 func (s *Stream) sendStatus(reply bool) error {
+	if s.gap != nil {
+		// Past the gap nothing may be confirmed, not even what was acked
+		// before it: the position reported by keepalives may lie beyond it.
+		return s.gap
+	}
 	confirmed := s.Tracker.Confirmed()
 	write := s.received
 	if write < confirmed {
@@ -338,6 +372,19 @@ func (s *Stream) sendStatus(reply bool) error {
 }
 
 func (s *Stream) touch() { s.Stats.LastProgress.Store(time.Now().UnixNano()) }
+
+// publicationMissing recognises the walsender's error for a publication that
+// does not exist at the point of the WAL being decoded.
+func publicationMissing(err *pgconn.PgError) bool {
+	return err.Code == "42704" && strings.HasPrefix(err.Message, "publication ") && strings.HasSuffix(err.Message, " does not exist")
+}
+
+func where(w string) string {
+	if w == "" {
+		return ""
+	}
+	return "; " + w
+}
 
 // catchUpWithSlot moves the tracker to the slot's confirmed position as read
 // now that this connection holds the slot. The position the tracker started

@@ -160,7 +160,7 @@ func (p *Pipeline) attempt(stop context.Context) error {
 
 	g, gctx := errgroup.WithContext(hard)
 	events := make(chan *decode.Event, 1024)
-	st := &logrepl.Stream{PG: p.cfg.Postgres, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: tr, Stats: &p.stats, Log: p.log}
+	st := &logrepl.Stream{PG: p.cfg.Postgres, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: tr, Stats: &p.stats, Log: p.log, Tables: p.cfg.Outbox}
 	g.Go(func() error {
 		err := st.Run(gctx, stop, events)
 		if err == nil && !tr.Idle() {
@@ -172,6 +172,9 @@ func (p *Pipeline) attempt(stop context.Context) error {
 			p.reconnect("postgres")
 		}
 		return err
+	})
+	g.Go(func() error {
+		return logrepl.WatchPublication(gctx, stop, p.cfg.Postgres, p.cfg.Outbox, logrepl.PublicationCheckInterval, p.log)
 	})
 	g.Go(func() error {
 		err := prod.Run(gctx, events)

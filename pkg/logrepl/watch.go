@@ -1,0 +1,74 @@
+package logrepl
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
+
+	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/fault"
+)
+
+// PublicationCheckInterval is how often a streaming relay verifies its
+// publication.
+const PublicationCheckInterval = 10 * time.Second
+
+// WatchPublication runs CheckPublication every interval on a regular
+// connection until ctx or stop is done, and returns its error once it is
+// fatal. The walsender reports a dropped publication itself (an error, or on
+// PostgreSQL 18 a warning the stream stops at); a table taken out of the
+// publication, inserts no longer published or publish_via_partition_root
+// turned off leave no trace in the stream, and this is how they are noticed.
+// Trouble reaching Postgres is not the watcher's to report: the stream sees
+// it too. It is logged at debug and retried on the next tick.
+func WatchPublication(ctx, stop context.Context, pg config.Postgres, tables []config.Table, interval time.Duration, log zerolog.Logger) error {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = conn.Close(cctx)
+			cancel()
+		}
+	}()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-stop.Done():
+			return nil
+		case <-tick.C:
+		}
+		err := func() error {
+			cctx, cancel := context.WithTimeout(ctx, setupTimeout)
+			defer cancel()
+			if conn == nil {
+				c, err := pgx.Connect(cctx, pg.URL.Reveal())
+				if err != nil {
+					return err
+				}
+				conn = c
+			}
+			return CheckPublication(cctx, conn, pg, tables)
+		}()
+		switch {
+		case err == nil:
+		case fault.IsFatal(err):
+			if ctx.Err() != nil || stop.Err() != nil {
+				return nil
+			}
+			return err
+		default:
+			log.Debug().Str("error", pg.URL.RedactError(err)).Msg("cannot verify the publication; retrying")
+			if conn != nil {
+				cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = conn.Close(cctx)
+				cancel()
+				conn = nil
+			}
+		}
+	}
+}
