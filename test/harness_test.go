@@ -66,12 +66,13 @@ type env struct {
 type envOpts struct {
 	pgSettings map[string]string
 	kafkaDir   bool // persist the broker so it can be restarted
+	pgVersion  int  // PostgreSQL major version; 0 is the default (15)
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	e := &env{t: t, db: "app", parts: 3}
-	e.pg = devenvtest.Postgres(t, devenv.PostgresOptions{Settings: o.pgSettings})
+	e.pg = devenvtest.Postgres(t, devenv.PostgresOptions{Settings: o.pgSettings, Version: o.pgVersion})
 	t.Logf("PostgreSQL %d on port %d", e.pg.Version(), e.pg.Port())
 	ko := devenv.KafkaOptions{Partitions: int(e.parts)}
 	if o.kafkaDir {

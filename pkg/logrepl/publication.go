@@ -51,7 +51,7 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []
 		err := conn.QueryRow(ctx, `SELECT c.relkind = 'p',
 				p.puballtables
 				OR EXISTS (SELECT 1 FROM pg_publication_rel pr
-					WHERE pr.prpubid = p.oid AND pr.prrelid IN (SELECT relid FROM pg_partition_ancestors(c.oid)))
+					WHERE pr.prpubid = p.oid AND (pr.prrelid = c.oid OR pr.prrelid IN (SELECT relid FROM pg_partition_ancestors(c.oid))))
 				OR EXISTS (SELECT 1 FROM pg_publication_namespace pn
 					WHERE pn.pnpubid = p.oid AND pn.pnnspid = c.relnamespace)
 			FROM pg_publication p, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -132,7 +132,7 @@ func viaRootError(pg config.Postgres, ps PublicationState) error {
 // ErrPublicationGap means the publication was dropped (or never existed)
 // for part of the WAL the slot still has to decode: changes there cannot be
 // decoded through it, and confirming past them would lose them silently.
-var ErrPublicationGap = errors.New("publication missing for part of the WAL")
+var ErrPublicationGap = errors.New("gap in the publication")
 
 // publicationGapError explains what happened and the ways on. what says how
 // the relay found out.
