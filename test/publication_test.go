@@ -152,7 +152,7 @@ func publicationDropped(t *testing.T, version int) {
 		t.Fatalf("relay exited 0 after its publication was dropped")
 	}
 	for _, want := range []string{`"outbox_relay"`, "without confirming the slot past that point",
-		`CREATE PUBLICATION "outbox_relay" FOR TABLE "public"."outbox"`, "replay those outbox rows from the table",
+		`CREATE PUBLICATION "outbox_relay" FOR TABLE "public"."outbox"`, "relay replay --table public.outbox --where",
 		`pg_drop_replication_slot('outbox_relay')`} {
 		if !strings.Contains(last, want) {
 			t.Errorf("error does not say %q: %s", want, last)

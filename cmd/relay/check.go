@@ -175,7 +175,7 @@ func checkPublication(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *co
 			c.fail(what, redact(err), "")
 			return
 		}
-		slotExists = st.Exists
+		slotExists = st.Exists && st.Plugin == "pgoutput" // a foreign slot is checkSlot's to report
 	}
 	var partitioned []string
 	for _, t := range ps.Partitioned {
@@ -186,7 +186,7 @@ func checkPublication(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *co
 		// What `relay run` refuses: a publication created now does not
 		// cover the WAL the slot has yet to decode.
 		c.fail(what, fmt.Sprintf("does not exist, but slot %s does: the publication was dropped after the slot was created, and changes committed since cannot be decoded through a new one", pg.Slot),
-			fmt.Sprintf("%s; then, if the relay still stops on the gap, replay the outbox rows committed since the drop from the table, or accept the gap by dropping the slot (SELECT pg_drop_replication_slot('%s'))",
+			fmt.Sprintf("%s; then, if the relay still stops on the gap, accept it by dropping the slot (SELECT pg_drop_replication_slot('%s')) and replay the outbox rows committed since the drop with relay replay",
 				logrepl.CreatePublicationSQL(pg, cfg.Outbox), pg.Slot))
 	case !ps.Exists && pg.CreatePublication:
 		c.ok(what, "does not exist yet; the relay creates it on start (postgres.create_publication: true) for "+strings.Join(tables, ", "))

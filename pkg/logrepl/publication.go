@@ -137,12 +137,16 @@ var ErrPublicationGap = errors.New("gap in the publication")
 // publicationGapError explains what happened and the ways on. what says how
 // the relay found out.
 func publicationGapError(pg config.Postgres, tables []config.Table, what string) error {
+	replay := "relay replay --table <table> --where \"<rows committed since the drop>\""
+	if len(tables) > 0 {
+		replay = "relay replay --table " + tables[0].Table + " --where \"<rows committed since the drop>\""
+	}
 	return fault.Fatal(fmt.Errorf("%w: %s. The relay stopped without confirming the slot past that point. "+
-		"Ways on: (1) recreate it: %s; if nothing was committed between the drop and the re-creation, the relay then carries on and nothing is lost. "+
-		"(2) Changes committed while it was missing cannot be decoded through the new publication, and the relay stops here again: "+
-		"replay those outbox rows from the table, or accept the gap explicitly by dropping the slot (SELECT pg_drop_replication_slot('%s')) "+
-		"so that the relay starts a new one from the current position, then re-insert the rows committed since the drop if they must reach Kafka",
-		ErrPublicationGap, what, CreatePublicationSQL(pg, tables), pg.Slot))
+		"Ways on: (1) recreate the publication: %s; if nothing was committed while it was missing, the relay then carries on and nothing is lost. "+
+		"(2) Otherwise the relay stops here again, because changes committed while it was missing cannot be decoded through any publication: "+
+		"accept the gap explicitly by dropping the slot (SELECT pg_drop_replication_slot('%s')), so that the relay starts a new one from the current position, "+
+		"and replay the outbox rows committed in the gap from the table (%s), or accept that they are not relayed",
+		ErrPublicationGap, what, CreatePublicationSQL(pg, tables), pg.Slot, replay))
 }
 
 func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, tables []config.Table, log logger) error {
@@ -159,9 +163,11 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 		// which a publication created now does not cover: on PostgreSQL 15
 		// to 17 the walsender fails on it for ever, on 18 it skips the
 		// changes with a warning. Either way creating it and carrying on
-		// would hide the gap.
+		// would hide the gap. A slot the relay cannot use at all (another
+		// plugin or database) is CheckSlot's to report.
 		var slotExists bool
-		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", pg.Slot).Scan(&slotExists); err != nil {
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots
+			WHERE slot_name = $1 AND plugin = 'pgoutput' AND database = current_database())`, pg.Slot).Scan(&slotExists); err != nil {
 			return classify(fmt.Errorf("reading slot %s from pg_replication_slots: %w", pg.Slot, err), err)
 		}
 		if slotExists {
@@ -223,15 +229,15 @@ func CheckPublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, t
 	case !ps.Exists:
 		return publicationGapError(pg, tables, fmt.Sprintf("publication %q was dropped while the relay streamed", pg.Publication))
 	case !ps.Inserts:
-		return fault.Fatal(fmt.Errorf("%w: publication %q stopped publishing inserts while the relay streamed, so outbox rows committed since are not sent to it: ALTER PUBLICATION %s SET (publish = '%s'); those rows are not decodable through it and must be replayed from the table",
+		return fault.Fatal(fmt.Errorf("%w: publication %q stopped publishing inserts while the relay streamed, so outbox rows committed since are not sent to it: ALTER PUBLICATION %s SET (publish = '%s'); those rows cannot be decoded through it: replay them from the table (relay replay --table ... --where ...)",
 			ErrPublicationGap, pg.Publication, pub, publishOps(tables)))
 	case len(ps.Missing) > 0:
 		var add []string
 		for _, t := range ps.Missing {
 			add = append(add, quotedTable(t))
 		}
-		return fault.Fatal(fmt.Errorf("%w: outbox table %s was removed from publication %q while the relay streamed, so its rows committed since are not sent to it: ALTER PUBLICATION %s ADD TABLE %s; those rows are not decodable through it and must be replayed from the table",
-			ErrPublicationGap, tableNames(ps.Missing), pg.Publication, pub, strings.Join(add, ", ")))
+		return fault.Fatal(fmt.Errorf("%w: outbox table %s was removed from publication %q while the relay streamed, so its rows committed since are not sent to it: ALTER PUBLICATION %s ADD TABLE %s; those rows cannot be decoded through it: replay them from the table (relay replay --table %s --where ...)",
+			ErrPublicationGap, tableNames(ps.Missing), pg.Publication, pub, strings.Join(add, ", "), ps.Missing[0].Table))
 	case !ps.ViaRoot && len(ps.Partitioned) > 0:
 		return viaRootError(pg, ps)
 	}
