@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +28,7 @@ import (
 type orderService struct {
 	mu        sync.Mutex
 	committed map[string]string // order id -> event id
+	trace     map[string]string // order id -> traceparent written
 	next      atomic.Int64
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -35,23 +37,27 @@ type orderService struct {
 
 const traceparentOf = "00-%032x-%016x-01"
 
-func (s *orderService) place(ctx context.Context, tx outbox.Execer, w *outbox.Writer, worker string) (string, string, error) {
+func (s *orderService) place(ctx context.Context, tx outbox.Execer, w *outbox.Writer, worker string) (string, string, string, error) {
 	n := s.next.Add(1)
 	order := fmt.Sprintf("o-%d", n)
 	if err := tx.Exec(ctx, "INSERT INTO orders (id, worker) VALUES ($1, $2)", order, worker); err != nil {
-		return "", "", err
+		return "", "", "", err
 	}
 	payload, _ := json.Marshal(map[string]any{"order": order, "worker": worker})
-	id, err := w.Write(ctx, tx, outbox.Event{
-		AggregateType: "Order", AggregateID: order, Type: "OrderCreated", Payload: payload,
-		TraceParent: fmt.Sprintf(traceparentOf, n, n),
-	})
-	return order, id.String(), err
+	tp := fmt.Sprintf(traceparentOf, n, n)
+	ev := outbox.Event{AggregateType: "Order", AggregateID: order, Type: "OrderCreated", Payload: payload, TraceParent: tp}
+	if n%3 == 0 {
+		// Written as Debezium's tracingspancontext properties text.
+		ev.TraceState = fmt.Sprintf("relaytest=%d", n)
+	}
+	id, err := w.Write(ctx, tx, ev)
+	return order, id.String(), tp, err
 }
 
-func (s *orderService) done(order, id string) {
+func (s *orderService) done(order, id, tp string) {
 	s.mu.Lock()
 	s.committed[order] = id
+	s.trace[order] = tp
 	s.mu.Unlock()
 }
 
@@ -77,16 +83,16 @@ func (s *orderService) run(ctx context.Context, pool *pgxpool.Pool, db *sql.DB, 
 					return
 				default:
 				}
-				var order, id string
+				var order, id, tp string
 				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) (err error) {
-					order, id, err = s.place(ctx, outbox.Pgx(tx), plain, worker)
+					order, id, tp, err = s.place(ctx, outbox.Pgx(tx), plain, worker)
 					return err
 				})
 				if err != nil {
 					fail(err)
 					return
 				}
-				s.done(order, id)
+				s.done(order, id, tp)
 			}
 		})
 	}
@@ -104,7 +110,7 @@ func (s *orderService) run(ctx context.Context, pool *pgxpool.Pool, db *sql.DB, 
 					fail(err)
 					return
 				}
-				order, id, err := s.place(ctx, outbox.SQL(tx), parted, worker)
+				order, id, tp, err := s.place(ctx, outbox.SQL(tx), parted, worker)
 				if err == nil {
 					err = tx.Commit()
 				} else {
@@ -114,7 +120,7 @@ func (s *orderService) run(ctx context.Context, pool *pgxpool.Pool, db *sql.DB, 
 					fail(err)
 					return
 				}
-				s.done(order, id)
+				s.done(order, id, tp)
 			}
 		})
 	}
@@ -145,7 +151,10 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 
 	cfg := e.config(`outbox:
   - table: public.outbox
+    trace_column: traceparent
+    cloudevents: true
   - table: public.orders_outbox
+    trace_column: traceparent
 `)
 	r := e.startRelay(cfg)
 	e.waitStreaming("outbox_relay")
@@ -160,7 +169,7 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	svc := &orderService{committed: map[string]string{}, stop: make(chan struct{}), errs: make(chan error, 1)}
+	svc := &orderService{committed: map[string]string{}, trace: map[string]string{}, stop: make(chan struct{}), errs: make(chan error, 1)}
 	svc.run(ctx, pool, db, plain, parted)
 	stopped := false
 	halt := func() {
@@ -185,6 +194,7 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 	default:
 	}
 	committed := svc.committed
+	traceOf := svc.trace
 	byEvent := map[string]string{}
 	for order, id := range committed {
 		byEvent[id] = order
@@ -206,6 +216,7 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 		return true
 	})
 	dups := len(recs) - len(seen)
+	checkTraceAndCloudEvents(t, recs, byEvent, traceOf)
 
 	// The consumer: its own database, inbox and business table, which has no
 	// unique key, so an order shipped twice would show.
@@ -300,5 +311,57 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 		len(committed), len(recs), dups, len(deliveries), applied.Load(), skipped.Load())
 	if twice != 0 || missing != 0 || unknown != 0 || applied.Load() != int64(len(committed)) {
 		t.Fatalf("shipments: %d orders shipped more than once, %d never, %d unknown; %d applied for %d orders", twice, missing, unknown, applied.Load(), len(committed))
+	}
+}
+
+// checkTraceAndCloudEvents checks, on the records as an independent client
+// read them, that every traceparent the writer stored arrived intact (as a
+// bare value and as tracingspancontext properties text), and that the
+// CloudEvents table's records carry the attributes CloudEvents 1.0 requires
+// in the Kafka binding's binary mode, the value untouched.
+func checkTraceAndCloudEvents(t *testing.T, recs []devenv.Record, byEvent, traceOf map[string]string) {
+	t.Helper()
+	var ce, plain, withState, bad int
+	for _, rec := range recs {
+		id := rec.Headers["id"]
+		order := byEvent[id]
+		if got, want := rec.Headers["traceparent"], traceOf[order]; got != want {
+			if bad++; bad < 5 {
+				t.Errorf("event %s: traceparent %q, want %q", id, got, want)
+			}
+		}
+		if st, ok := rec.Headers["tracestate"]; ok {
+			withState++
+			if !strings.HasPrefix(st, "relaytest=") {
+				t.Errorf("event %s: tracestate %q", id, st)
+			}
+		}
+		if _, ok := rec.Headers["ce_specversion"]; !ok {
+			plain++
+			continue
+		}
+		ce++
+		var p struct{ Order string }
+		if err := json.Unmarshal(rec.Value, &p); err != nil || p.Order != order {
+			t.Errorf("event %s: value %q is not the payload written", id, rec.Value)
+		}
+		ts, err := time.Parse(time.RFC3339Nano, rec.Headers["ce_time"])
+		want := map[string]string{
+			"ce_specversion": "1.0", "ce_id": id, "ce_source": "/relay/app/public.outbox", "ce_type": "OrderCreated",
+			"ce_subject": order, "content-type": "application/json",
+		}
+		for k, v := range want {
+			if rec.Headers[k] != v {
+				if bad++; bad < 5 {
+					t.Errorf("event %s: %s = %q, want %q", id, k, rec.Headers[k], v)
+				}
+			}
+		}
+		if err != nil || ts.Sub(rec.Timestamp).Abs() > time.Millisecond {
+			t.Errorf("event %s: ce_time %q is not the commit time %s: %v", id, rec.Headers["ce_time"], rec.Timestamp, err)
+		}
+	}
+	if ce == 0 || plain == 0 || withState == 0 {
+		t.Errorf("records: %d with CloudEvents, %d without, %d with tracestate; want some of each", ce, plain, withState)
 	}
 }

@@ -83,6 +83,15 @@ type Table struct {
 	OnUpdate                OnUpdate          `mapstructure:"on_update"`
 	OnMissingColumn         OnMissingColumn   `mapstructure:"on_missing_column"`
 	Snapshot                TableSnapshot     `mapstructure:"snapshot"`
+	// CloudEvents adds CloudEvents 1.0 binary-mode headers (ce_*) to the
+	// records; CloudEventsSource is their ce_source, by default
+	// /relay/<database>/<table>.
+	CloudEvents       bool   `mapstructure:"cloudevents"`
+	CloudEventsSource string `mapstructure:"cloudevents_source"`
+	// TraceColumn holds the writer's trace context (a W3C traceparent, or
+	// Debezium's tracingspancontext properties text), published as the
+	// traceparent and tracestate headers.
+	TraceColumn string `mapstructure:"trace_column"`
 
 	// routeRe is RouteRegex compiled by Validate; see RouteRegexp.
 	routeRe *regexp.Regexp
@@ -121,6 +130,9 @@ type Columns struct {
 type Message struct {
 	Prefix string `mapstructure:"prefix"`
 	Topic  string `mapstructure:"topic"`
+	// As for tables; the default source is /relay/<database>/message/<prefix>.
+	CloudEvents       bool   `mapstructure:"cloudevents"`
+	CloudEventsSource string `mapstructure:"cloudevents_source"`
 }
 
 // Pipeline bounds memory and sets the shutdown and confirmation cadence.

@@ -65,6 +65,7 @@ func Load(path string) (*Config, error) {
 	if err := cfg.resolveSecrets(); err != nil {
 		return nil, err
 	}
+	cfg.defaultEventSources()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

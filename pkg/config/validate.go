@@ -257,6 +257,7 @@ func (t *Table) Validate() error {
 	if err := t.OnMissingColumn.Validate(); err != nil {
 		p.add("on_missing_column", "%v", err)
 	}
+	t.validateEventFormat(&p)
 	return p.err()
 }
 
@@ -296,6 +297,7 @@ func (m Message) Validate() error {
 	if m.Prefix == "" {
 		p.add("prefix", "required")
 	}
+	validateSource(&p, m.CloudEvents, m.CloudEventsSource)
 	return p.err()
 }
 

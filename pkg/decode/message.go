@@ -104,14 +104,26 @@ func (d *Decoder) message() (Result, error) {
 	// A JSON string carries a payload that is not JSON (text, or anything a
 	// service encoded itself): its contents are published, not its quoted
 	// form. null or no payload is a null value, as a NULL payload column is.
+	var ct []byte
 	if p := bytes.TrimSpace(env.Payload); len(p) > 0 && p[0] == '"' {
 		v, _, err := scalar(p)
 		if err != nil {
 			return Result{}, at("\"payload\" of event %s: %v", id, err)
 		}
 		ev.Value = append([]byte{}, v...) // "" is an empty value, not a null one
+		ct = ctText
 	} else if len(p) > 0 && string(p) != "null" {
 		ev.Value = p
+		ct = ctJSON
+	}
+	if f := d.msgFmt[string(m.Prefix)]; f != nil && f.cloudEvents {
+		var typ []byte
+		if len(ev.Headers) > 1 && ev.Headers[1].Key == "type" {
+			typ = ev.Headers[1].Value
+		}
+		if err := addCloudEvents(ev, f, typ, ct, fmt.Sprintf("logical message with prefix %q", m.Prefix)); err != nil {
+			return Result{}, err
+		}
 	}
 	return Result{Kind: KindEvent, Event: ev}, nil
 }

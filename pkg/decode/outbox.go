@@ -87,7 +87,10 @@ type Decoder struct {
 	tables   map[string]*rule // by "schema.table"
 	rels     map[uint32]*relation
 	messages map[string]*router // by prefix
+	msgFmt   map[string]*eventFormat
 	commitAt time.Time
+
+	traceWarned map[string]bool // tables whose invalid trace context was logged at warn
 }
 
 type rule struct {
@@ -95,6 +98,7 @@ type rule struct {
 	schema string
 	name   string
 	route  *router
+	format eventFormat
 }
 
 type relation struct {
@@ -109,6 +113,8 @@ type relation struct {
 	ts    int // -1: commit time
 	part  int // -1: partitioner
 	hdrs  []hdrCol
+	trace int    // -1: no trace_column
+	ct    []byte // content-type of the payload column, for CloudEvents
 }
 
 type hdrCol struct {
@@ -191,6 +197,7 @@ func NewDecoder(tables []config.Table, messages []config.Message, log zerolog.Lo
 		tables:   map[string]*rule{},
 		rels:     map[uint32]*relation{},
 		messages: map[string]*router{},
+		msgFmt:   map[string]*eventFormat{},
 	}
 	for _, t := range tables {
 		schema, name, err := config.SplitTable(t.Table)
@@ -202,10 +209,12 @@ func NewDecoder(tables []config.Table, messages []config.Message, log zerolog.Lo
 			return nil, fmt.Errorf("outbox table %s: route_regex is not compiled: the table was not validated (config.Table.Validate)", t.Table)
 		}
 		r := newRouter(t.Topic, re, t.Table, log)
-		d.tables[schema+"."+name] = &rule{cfg: t, schema: schema, name: name, route: r}
+		d.tables[schema+"."+name] = &rule{cfg: t, schema: schema, name: name, route: r,
+			format: eventFormat{cloudEvents: t.CloudEvents, source: []byte(t.CloudEventsSource)}}
 	}
 	for _, m := range messages {
 		d.messages[m.Prefix] = newRouter(m.Topic, nil, "message:"+m.Prefix, log)
+		d.msgFmt[m.Prefix] = &eventFormat{cloudEvents: m.CloudEvents, source: []byte(m.CloudEventsSource)}
 	}
 	return d, nil
 }
@@ -257,12 +266,13 @@ func (d *Decoder) layout(rel *pgoutput.Relation) (*relation, error) {
 	r.pay = need("payload", cfg.Columns.Payload)
 	r.route = need("route_by", cfg.Columns.RouteBy)
 	r.typ = need("type", cfg.Columns.Type)
-	r.ts, r.part = -1, -1
+	r.ts, r.part, r.trace = -1, -1, -1
 	if cfg.Columns.Timestamp != "" {
 		r.ts = need("timestamp", cfg.Columns.Timestamp)
 	}
 	if r.pay >= 0 {
 		r.payBy = rel.Columns[r.pay].TypeOID == byteaOID
+		r.ct = contentType(rel.Columns[r.pay].TypeOID)
 	}
 	// Header and partition columns are Debezium's "additional fields"
 	// (table.fields.additional.placement header/partition), the only ones
@@ -283,6 +293,9 @@ func (d *Decoder) layout(rel *pgoutput.Relation) (*relation, error) {
 	}
 	if cfg.PartitionColumn != "" {
 		r.part = additional("partition_column", cfg.PartitionColumn)
+	}
+	if cfg.TraceColumn != "" {
+		r.trace = additional("trace_column", cfg.TraceColumn)
 	}
 	cols := make([]string, 0, len(cfg.Headers))
 	for col := range cfg.Headers {
@@ -425,7 +438,7 @@ func colText(cols []pgoutput.Column, i int) ([]byte, bool) {
 
 func (d *Decoder) insert(rel *relation, cols []pgoutput.Column) (*Event, error) {
 	cfg := &rel.rule.cfg
-	for _, i := range []int{rel.id, rel.key, rel.pay, rel.route, rel.typ, rel.ts, rel.part} {
+	for _, i := range []int{rel.id, rel.key, rel.pay, rel.route, rel.typ, rel.ts, rel.part, rel.trace} {
 		if i >= len(cols) {
 			return nil, fmt.Errorf("outbox table %s: insert has %d columns, relation announced more", cfg.Table, len(cols))
 		}
@@ -529,7 +542,46 @@ func (d *Decoder) insert(rel *relation, cols []pgoutput.Column) (*Event, error) 
 			ev.Partition = int32(p)
 		}
 	}
+	if rel.rule.format.cloudEvents {
+		var t []byte
+		if typ != nil {
+			t = ev.Headers[1].Value
+		}
+		if err := addCloudEvents(ev, &rel.rule.format, t, rel.ct, "outbox table "+cfg.Table); err != nil {
+			return nil, err
+		}
+	}
+	if rel.trace >= 0 {
+		if v, ok := colText(cols, rel.trace); ok {
+			d.addTrace(ev, v, cfg.Table, cfg.TraceColumn)
+		}
+	}
 	return ev, nil
+}
+
+// addTrace turns a trace column's value into traceparent and tracestate
+// headers; a value that holds no valid traceparent is logged and left out.
+func (d *Decoder) addTrace(ev *Event, v []byte, table, column string) {
+	parent, state := parseTrace(v)
+	if parent == nil {
+		// Once per table at warn: a writer that fills the column wrongly
+		// would otherwise log once per event.
+		lvl := d.log.Debug()
+		if !d.traceWarned[table] {
+			if d.traceWarned == nil {
+				d.traceWarned = map[string]bool{}
+			}
+			d.traceWarned[table] = true
+			lvl = d.log.Warn()
+		}
+		lvl.Str("table", table).Str("column", column).Str("id", ev.ID).
+			Msg("trace_column holds no valid W3C traceparent; the event is published without trace context (further ones are logged at debug)")
+		return
+	}
+	ev.Headers = append(ev.Headers, Header{Key: "traceparent", Value: parent})
+	if state != nil {
+		ev.Headers = append(ev.Headers, Header{Key: "tracestate", Value: state})
+	}
 }
 
 // blank is Java's String.trim().isEmpty(), which Debezium uses to call a
