@@ -176,7 +176,8 @@ func unescapeProperty(b []byte) []byte {
 			out = append(out, '\f')
 		case 'u':
 			if i+4 < len(b) {
-				if r, err := strconv.ParseUint(string(b[i+1:i+5]), 16, 32); err == nil {
+				// 16 bits: a \uXXXX escape always fits a rune.
+				if r, err := strconv.ParseInt(string(b[i+1:i+5]), 16, 32); err == nil {
 					out = utf8.AppendRune(out, rune(r))
 					i += 4
 					continue
