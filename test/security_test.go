@@ -715,10 +715,11 @@ func TestSecurityHostileIdentifiers(t *testing.T) {
 }
 
 // TestSecurityOversizedEvents writes an event larger than
-// kafka.max_message_bytes. With the default (oversized: stop) the relay exits
-// non-zero naming the event and does not confirm past it; restarted with
-// oversized: dead_letter on the same slot it routes that event, and a later
-// one, to the dead letter topic and carries on.
+// kafka.max_message_bytes. With the default (on_unpublishable: stop) the
+// relay exits non-zero naming the event and does not confirm past it;
+// restarted with the deprecated oversized: dead_letter on the same slot it
+// routes that event, and a later one, to the dead letter topic and carries
+// on.
 func TestSecurityOversizedEvents(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	conn := e.connect()
@@ -747,7 +748,7 @@ func TestSecurityOversizedEvents(t *testing.T) {
 	if code == 0 {
 		t.Fatalf("relay exited 0 on an oversized event:\n%s", tail(out, 10))
 	}
-	for _, want := range []string{"event " + big1 + " of public.outbox", "kafka.max_message_bytes (4096)", "kafka.oversized"} {
+	for _, want := range []string{"event " + big1 + " of public.outbox", "kafka.max_message_bytes (4096)", "kafka.on_unpublishable is stop"} {
 		if !strings.Contains(last, want) {
 			t.Errorf("last line lacks %q: %s", want, last)
 		}
@@ -773,6 +774,9 @@ func TestSecurityOversizedEvents(t *testing.T) {
 		return err == nil && ids[small1] && ids[small2] && ids[small3]
 	})
 	e.waitDelivered(2, 60*time.Second, "relay.dead-letter")
+	if !strings.Contains(r.out.String(), "kafka.oversized is deprecated: rename it to kafka.on_unpublishable") {
+		t.Error("no deprecation warning for kafka.oversized")
+	}
 	dead := map[string]devenv.Record{}
 	for _, d := range e.readAll("relay.dead-letter") {
 		dead[d.Headers["id"]] = d

@@ -46,10 +46,29 @@ type Kafka struct {
 	TLS             TLS         `mapstructure:"tls"`
 	SASL            SASL        `mapstructure:"sasl"`
 
-	// Oversized is the fate of an event larger than MaxMessageBytes, which
-	// Kafka would refuse forever: stop, or a stand-in to DeadLetterTopic.
-	Oversized       Oversized `mapstructure:"oversized"`
-	DeadLetterTopic string    `mapstructure:"dead_letter_topic"`
+	// OnUnpublishable is the fate of an event that can never be published
+	// as it is (an illegal topic name, a topic the brokers refuse, an
+	// explicit partition the topic lacks, a record over MaxMessageBytes):
+	// stop, or a stand-in to DeadLetterTopic. Read the policy in effect with
+	// Unpublishable: empty means unset.
+	OnUnpublishable OnUnpublishable `mapstructure:"on_unpublishable"`
+	// Oversized is OnUnpublishable's deprecated name, from when only
+	// oversized events had a policy.
+	Oversized       OnUnpublishable `mapstructure:"oversized"`
+	DeadLetterTopic string          `mapstructure:"dead_letter_topic"`
+}
+
+// Unpublishable returns the policy for unpublishable events and the key it
+// comes from (kafka.on_unpublishable, or the deprecated kafka.oversized), so
+// that messages name the key the user wrote. Neither set means stop.
+func (k Kafka) Unpublishable() (policy OnUnpublishable, key string) {
+	switch {
+	case k.OnUnpublishable != UnpublishableUnset:
+		return k.OnUnpublishable, "kafka.on_unpublishable"
+	case k.Oversized != UnpublishableUnset:
+		return k.Oversized, "kafka.oversized"
+	}
+	return UnpublishableStop, "kafka.on_unpublishable"
 }
 
 // TLS configures encryption to the brokers.

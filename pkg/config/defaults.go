@@ -31,7 +31,10 @@ func Default() Config {
 			Partitioner:     PartitionerMurmur2,
 			Compression:     CompressionNone,
 			MaxMessageBytes: 1000000,
-			Oversized:       OversizedStop,
+			// OnUnpublishable and its deprecated name Oversized stay empty:
+			// empty is how an explicit choice is told apart, so that the two
+			// can be checked against each other; Kafka.Unpublishable gives
+			// stop when neither is set.
 		},
 		Pipeline: Pipeline{
 			MaxInflightEvents: 50000,

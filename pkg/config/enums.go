@@ -61,17 +61,27 @@ func (m SASLMechanism) Validate() error {
 	return oneOf(m, SASLPlain, SASLScramSHA256, SASLScramSHA512)
 }
 
-// Oversized is kafka.oversized: the fate of an event larger than
-// kafka.max_message_bytes.
-type Oversized string
+// OnUnpublishable is kafka.on_unpublishable (and its deprecated name
+// kafka.oversized): the fate of an event that can never be published as it
+// is.
+type OnUnpublishable string
 
 const (
-	OversizedStop       Oversized = "stop"        // fail, so that nothing is lost silently
-	OversizedDeadLetter Oversized = "dead_letter" // publish a stand-in to kafka.dead_letter_topic
+	// UnpublishableUnset is the default of both keys, so that an explicit
+	// choice in either can be told apart; Kafka.Unpublishable reads it as
+	// stop.
+	UnpublishableUnset      OnUnpublishable = ""
+	UnpublishableStop       OnUnpublishable = "stop"        // fail, so that nothing is lost silently
+	UnpublishableDeadLetter OnUnpublishable = "dead_letter" // publish a stand-in to kafka.dead_letter_topic
 )
 
 // Validate reports a value that is not one of the constants.
-func (o Oversized) Validate() error { return oneOf(o, OversizedStop, OversizedDeadLetter) }
+func (o OnUnpublishable) Validate() error {
+	if o == UnpublishableUnset {
+		return nil
+	}
+	return oneOf(o, UnpublishableStop, UnpublishableDeadLetter)
+}
 
 // OnUpdate is outbox[].on_update: what an UPDATE of an outbox row does.
 type OnUpdate string

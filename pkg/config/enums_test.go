@@ -9,7 +9,7 @@ func TestEnumsNameTheAllowedValues(t *testing.T) {
 	}{
 		{Compression("brotli").Validate(), `"brotli" must be none, gzip, snappy, lz4 or zstd`},
 		{SASLMechanism("GSSAPI").Validate(), `"GSSAPI" must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512`},
-		{Oversized("drop").Validate(), `"drop" must be stop or dead_letter`},
+		{OnUnpublishable("drop").Validate(), `"drop" must be stop or dead_letter`},
 		{OnUpdate("explode").Validate(), `"explode" must be warn, error or fatal`},
 		{OnMissingColumn("skip").Validate(), `"skip" must be error or ignore`},
 		{LogLevel("loud").Validate(), `"loud" must be debug, info, warn or error`},
@@ -21,7 +21,7 @@ func TestEnumsNameTheAllowedValues(t *testing.T) {
 			t.Errorf("got %v, want %s", c.err, c.want)
 		}
 	}
-	for _, err := range []error{CompressionZstd.Validate(), SASLNone.Validate(), OversizedStop.Validate(), OnUpdateFatal.Validate(),
+	for _, err := range []error{CompressionZstd.Validate(), SASLNone.Validate(), UnpublishableStop.Validate(), UnpublishableUnset.Validate(), OnUpdateFatal.Validate(),
 		OnMissingColumnIgnore.Validate(), LogDebug.Validate(), LogConsole.Validate(), PartitionerRandom.Validate()} {
 		if err != nil {
 			t.Errorf("a constant is rejected: %v", err)

@@ -88,11 +88,18 @@ func TestSecurityValidation(t *testing.T) {
 			[]string{"kafka.tls.enabled"}},
 		{"bad-oversized", func(c *Config) { c.Kafka.Oversized = "drop" },
 			[]string{`kafka.oversized: "drop" must be stop or dead_letter`}},
-		{"dead-letter-without-topic", func(c *Config) { c.Kafka.Oversized = OversizedDeadLetter },
+		{"dead-letter-without-topic", func(c *Config) { c.Kafka.Oversized = UnpublishableDeadLetter },
 			[]string{"kafka.dead_letter_topic: required with kafka.oversized dead_letter"}},
 		{"bad-topic", func(c *Config) {
-			c.Kafka.Oversized, c.Kafka.DeadLetterTopic = OversizedDeadLetter, "dead letters!"
+			c.Kafka.Oversized, c.Kafka.DeadLetterTopic = UnpublishableDeadLetter, "dead letters!"
 		}, []string{`kafka.dead_letter_topic: "dead letters!" is not a valid Kafka topic name`}},
+		{"bad-on-unpublishable", func(c *Config) { c.Kafka.OnUnpublishable = "skip" },
+			[]string{`kafka.on_unpublishable: "skip" must be stop or dead_letter`}},
+		{"on-unpublishable-dead-letter-without-topic", func(c *Config) { c.Kafka.OnUnpublishable = UnpublishableDeadLetter },
+			[]string{"kafka.dead_letter_topic: required with kafka.on_unpublishable dead_letter"}},
+		{"alias-disagrees", func(c *Config) {
+			c.Kafka.OnUnpublishable, c.Kafka.Oversized, c.Kafka.DeadLetterTopic = UnpublishableStop, UnpublishableDeadLetter, "dlq"
+		}, []string{"kafka.on_unpublishable: stop disagrees with kafka.oversized: dead_letter"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -111,11 +118,22 @@ func TestSecurityValidation(t *testing.T) {
 		})
 	}
 	ok := base()
-	ok.Kafka.Oversized, ok.Kafka.DeadLetterTopic = OversizedDeadLetter, "relay.dead-letter_v1"
+	ok.Kafka.Oversized, ok.Kafka.DeadLetterTopic = UnpublishableDeadLetter, "relay.dead-letter_v1"
 	if err := ok.Validate(); err != nil {
 		t.Errorf("valid dead letter config: %v", err)
 	}
-	if d := Default().Kafka.Oversized; d != OversizedStop {
-		t.Errorf("default kafka.oversized = %q, want stop", d)
+	if d, key := Default().Kafka.Unpublishable(); d != UnpublishableStop || key != "kafka.on_unpublishable" {
+		t.Errorf("default policy = %q from %s, want stop from kafka.on_unpublishable", d, key)
+	}
+	// The deprecated name still works alone, and agreeing with the new one.
+	for _, k := range []Kafka{{Oversized: UnpublishableDeadLetter}, {Oversized: UnpublishableDeadLetter, OnUnpublishable: UnpublishableDeadLetter}} {
+		cfg := ok
+		cfg.Kafka.Oversized, cfg.Kafka.OnUnpublishable = k.Oversized, k.OnUnpublishable
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("oversized %q, on_unpublishable %q: %v", k.Oversized, k.OnUnpublishable, err)
+		}
+		if p, _ := cfg.Kafka.Unpublishable(); p != UnpublishableDeadLetter {
+			t.Errorf("oversized %q, on_unpublishable %q: policy %q", k.Oversized, k.OnUnpublishable, p)
+		}
 	}
 }

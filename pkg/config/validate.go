@@ -139,13 +139,19 @@ func (k Kafka) Validate() error {
 	if k.MaxMessageBytes <= 0 {
 		p.add("kafka.max_message_bytes", "must be positive")
 	}
-	// An oversized event must have a known fate: stopping, or a dead
+	// An unpublishable event must have a known fate: stopping, or a dead
 	// letter topic that exists as a name Kafka accepts.
-	switch err := k.Oversized.Validate(); {
-	case err != nil:
+	if err := k.OnUnpublishable.Validate(); err != nil {
+		p.add("kafka.on_unpublishable", "%v", err)
+	}
+	if err := k.Oversized.Validate(); err != nil {
 		p.add("kafka.oversized", "%v", err)
-	case k.Oversized == OversizedDeadLetter && k.DeadLetterTopic == "":
-		p.add("kafka.dead_letter_topic", "required with kafka.oversized dead_letter")
+	}
+	if u, o := k.OnUnpublishable, k.Oversized; u != UnpublishableUnset && o != UnpublishableUnset && u != o {
+		p.add("kafka.on_unpublishable", "%s disagrees with kafka.oversized: %s, its deprecated name; remove kafka.oversized", u, o)
+	}
+	if policy, key := k.Unpublishable(); policy == UnpublishableDeadLetter && k.DeadLetterTopic == "" {
+		p.add("kafka.dead_letter_topic", "required with %s dead_letter", key)
 	}
 	if t := k.DeadLetterTopic; t != "" && (!topicName.MatchString(t) || t == "." || t == "..") {
 		p.add("kafka.dead_letter_topic", "%q is not a valid Kafka topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')", t)

@@ -84,7 +84,7 @@ func New(version string) *Metrics {
 		}),
 		deadLetter: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_dead_letter_total",
-			Help: "Events too large for kafka.max_message_bytes sent to kafka.dead_letter_topic without their payload, by outbox table.",
+			Help: "Events that could not be published as they are (kafka.on_unpublishable: dead_letter) sent to kafka.dead_letter_topic instead, by outbox table.",
 		}, []string{"table"}),
 		now: time.Now,
 	}
@@ -172,7 +172,7 @@ func (m *Metrics) child(table, topic string) *pubChildren {
 // PublishError counts an event Kafka refused.
 func (m *Metrics) PublishError(reason string) { m.errors.WithLabelValues(reason).Inc() }
 
-// DeadLettered counts an oversized event routed to the dead letter topic
+// DeadLettered counts an event routed to the dead letter topic
 // (sink.DeadLetterObserver).
 func (m *Metrics) DeadLettered(table string) { m.deadLetter.WithLabelValues(table).Inc() }
 

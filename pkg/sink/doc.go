@@ -9,4 +9,8 @@
 // record sarama gives up on ends the run with an error instead of being
 // retried here, because re-sending it alone could overtake later events of the
 // same key; the pipeline restarts from the slot's confirmed position instead.
+// Events that no retry can publish as they are (an illegal topic name, a
+// refused topic, a missing partition, an oversized record) follow
+// kafka.on_unpublishable instead: the relay stops on them or sends a dead
+// letter record in their place (unpublishable.go).
 package sink

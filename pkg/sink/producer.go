@@ -42,7 +42,7 @@ type Producer struct {
 	client sarama.Client
 	halted sync.Once
 
-	oversize *oversize // kafka.oversized, see deadletter.go
+	unpub *unpublishable // kafka.on_unpublishable, see unpublishable.go
 }
 
 // item carries an event through sarama. Embedding the message in one struct
@@ -190,6 +190,7 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	// producer-id retries can turn a wrong password into dozens of failed
 	// logins (see Handshake).
 	warnInsecure(k, log)
+	warnDeprecated(k, log)
 	if err := Handshake(k, sc); err != nil {
 		return nil, err
 	}
@@ -202,7 +203,7 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 		client.Close()
 		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
 	}
-	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log, oversize: newOversize(k, obs, log)}, nil
+	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log, unpub: newUnpublishable(k, obs, log, client.Partitions)}, nil
 }
 
 // headerKeys caches header names as bytes, so a record's headers cost no
@@ -280,7 +281,10 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 			// leaves.
 			p.halt()
 			it := perr.Msg.Metadata.(*item)
-			err := classify(fmt.Errorf("publishing event %s of %s to topic %s: %w", it.ev.ID, it.ev.Table, it.ev.Topic, perr.Err))
+			err := p.unpub.refused(it.ev, perr.Err)
+			if err == nil {
+				err = classify(fmt.Errorf("publishing event %s of %s to topic %s: %w", it.ev.ID, it.ev.Table, it.ev.Topic, perr.Err))
+			}
 			if p.obs != nil {
 				p.obs.PublishError(reason(perr.Err))
 			}
@@ -323,10 +327,10 @@ loop:
 				mu.Unlock()
 				break loop
 			}
-			// An event over kafka.max_message_bytes stops the relay or is
-			// replaced by its dead letter record: sarama would report it as a
-			// retryable error and the pipeline would restart onto it forever.
-			if ev, runErr = p.oversize.check(ev); runErr != nil {
+			// An event that can never be published as it is stops the relay
+			// or is replaced by its dead letter record, here, in its place
+			// in the stream.
+			if ev, runErr = p.unpub.check(ev); runErr != nil {
 				break loop
 			}
 			it := newItem(ev, time.Now())
@@ -366,19 +370,22 @@ func (p *Producer) halt() {
 	p.halted.Do(func() { _ = p.client.Close() })
 }
 
-// classify marks errors that retrying cannot fix as fatal.
-// errPartitionRange marks an explicit partition the topic does not have:
-// restarting cannot fix the row, so it is fatal rather than retried forever.
+// errPartitionRange marks an explicit partition the topic does not have
+// (according to the producer's metadata); see unpublishable.refused.
 var errPartitionRange = errors.New("partition out of range")
 
+// classify marks errors that retrying cannot fix as fatal. A refusal of a
+// cluster-wide permission stops the relay whatever kafka.on_unpublishable
+// says: it concerns every topic, the dead letter topic included, so there is
+// no event to set aside.
 func classify(err error) error {
 	switch {
-	case errors.Is(err, errPartitionRange):
-		return fault.Fatal(err)
 	case errors.Is(err, sarama.ErrMessageSizeTooLarge), errors.Is(err, sarama.ErrMessageTooLarge):
 		return fault.Fatal(fmt.Errorf("%w (raise kafka.max_message_bytes and the topic's max.message.bytes, or shrink the event)", err))
+	case errors.Is(err, sarama.ErrClusterAuthorizationFailed):
+		return fault.Fatal(fmt.Errorf("%w: the relay's principal lacks a cluster permission; its idempotent producer needs IdempotentWrite on the cluster on Kafka before 3.0 (Write on the topics from 3.0)", err))
 	case errors.Is(err, sarama.ErrSASLAuthenticationFailed), errors.Is(err, sarama.ErrTopicAuthorizationFailed),
-		errors.Is(err, sarama.ErrClusterAuthorizationFailed), errors.Is(err, sarama.ErrInvalidTopic):
+		errors.Is(err, sarama.ErrInvalidTopic):
 		return fault.Fatal(err)
 	}
 	return err
