@@ -1,5 +1,7 @@
 // Package devenv starts throwaway PostgreSQL servers and embedded Kafka
-// brokers for tests and the `relay dev` mode.
+// brokers for tests, the benchmark and the `relay dev` mode, and reads back
+// what reached Kafka with franz-go (ReadAll, CountRecords, Topics), a client
+// independent of the relay's own sarama.
 //
 // Each PostgreSQL server is a fresh cluster made by initdb in its own
 // temporary directory, configured for logical replication, trusting every
@@ -11,8 +13,9 @@
 // Kafka. Everything is throwaway: Close removes the data, and nothing here is
 // tuned for durability (fsync is off).
 //
-// The package does not import testing, so the relay binary can use it; the
-// devenvtest package wraps it for tests.
+// The package does not import testing, so `relay dev` can use it (only in a
+// binary built with -tags relaydev, as ./dev.sh does: the production binary
+// links none of this); the devenvtest package wraps it for tests.
 package devenv
 
 import (

@@ -11,6 +11,11 @@
 // Idle outboxes must not pin WAL: when nothing is in flight and no transaction
 // is open, the position reported by keepalives (everything the walsender has
 // decoded so far) is confirmed, so WAL written by other tables is released.
+//
+// The package also holds what the connection depends on: the start-up checks
+// and the creation of publication and slot (Prepare; the Check functions are
+// shared with relay check), the publication watch while streaming, and the
+// slot created with an exported snapshot for the initial snapshot.
 package logrepl
 
 import (
