@@ -74,7 +74,7 @@ type PostgresOptions struct {
 	// else RELAY_TEST_PG_VERSION (a major version), else PATH, else the
 	// Debian packages. A major version is looked up in the Debian
 	// location, then in the cache .ci/ensure-postgres-versions fills
-	// (RELAY_PG_CACHE, see PGCacheDir).
+	// (RELAY_PG_CACHE, see pgCacheDir).
 	Version int
 	// DataFrom is the data directory of a cleanly stopped cluster (the
 	// DataDir of another Postgres after Stop): the new server starts on a
@@ -593,12 +593,12 @@ const (
 	envPGCache   = "RELAY_PG_CACHE"
 )
 
-// PGCacheDir is where .ci/ensure-postgres-versions installs server
+// pgCacheDir is where .ci/ensure-postgres-versions installs server
 // binaries, one major version per subdirectory (<dir>/17/bin):
 // RELAY_PG_CACHE, else /var/cache/relay-postgres as root (the postgres
 // user must be able to reach it, which it cannot under /root), else
 // relay-postgres in the user's cache dir. The script computes the same.
-func PGCacheDir() string {
+func pgCacheDir() string {
 	if d := os.Getenv(envPGCache); d != "" {
 		return d
 	}
@@ -672,7 +672,7 @@ func findPGBinaries(version int) (pgBinaries, error) {
 	}
 	dirs := []string{
 		fmt.Sprintf("/usr/lib/postgresql/%d/bin", version),
-		filepath.Join(PGCacheDir(), strconv.Itoa(version), "bin"),
+		filepath.Join(pgCacheDir(), strconv.Itoa(version), "bin"),
 	}
 	for _, dir := range dirs {
 		b, err := binariesIn(dir)

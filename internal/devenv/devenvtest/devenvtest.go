@@ -46,17 +46,17 @@ func Postgres(t testing.TB, opts devenv.PostgresOptions) *devenv.Postgres {
 	return pg
 }
 
-// RequireEnv, when set (as .ci/run does), turns a missing PostgreSQL
+// requireEnv, when set (as .ci/run does), turns a missing PostgreSQL
 // version from a skip into a failure, so CI cannot pass by skipping.
-const RequireEnv = "RELAY_TEST_REQUIRE_PG_VERSIONS"
+const requireEnv = "RELAY_TEST_REQUIRE_PG_VERSIONS"
 
 // RequirePostgres skips the test when the server binaries of a major
 // version are not installed (.ci/ensure-postgres-versions installs them),
-// or fails it under RequireEnv.
+// or fails it under requireEnv.
 func RequirePostgres(t testing.TB, version int) {
 	t.Helper()
 	if _, err := devenv.FindPostgres(version); err != nil {
-		if os.Getenv(RequireEnv) != "" {
+		if os.Getenv(requireEnv) != "" {
 			t.Fatal(err)
 		}
 		t.Skip(err)
