@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib"
@@ -29,6 +30,8 @@ type orderService struct {
 	mu        sync.Mutex
 	committed map[string]string // order id -> event id
 	trace     map[string]string // order id -> traceparent written
+	emitted   sync.Map          // order id -> true: written with outbox.Emit
+	plain     *outbox.Writer
 	next      atomic.Int64
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -50,7 +53,15 @@ func (s *orderService) place(ctx context.Context, tx outbox.Execer, w *outbox.Wr
 		// Written as Debezium's tracingspancontext properties text.
 		ev.TraceState = fmt.Sprintf("relaytest=%d", n)
 	}
-	id, err := w.Write(ctx, tx, ev)
+	var id uuid.UUID
+	var err error
+	if w == s.plain && n%5 == 0 {
+		// The table-free outbox: trace context travels as envelope headers.
+		s.emitted.Store(order, true)
+		id, err = outbox.Emit(ctx, tx, outbox.DefaultPrefix, ev)
+	} else {
+		id, err = w.Write(ctx, tx, ev)
+	}
 	return order, id.String(), tp, err
 }
 
@@ -155,6 +166,9 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
     cloudevents: true
   - table: public.orders_outbox
     trace_column: traceparent
+messages:
+  - prefix: outbox
+    cloudevents: true
 `)
 	r := e.startRelay(cfg)
 	e.waitStreaming("outbox_relay")
@@ -170,6 +184,7 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 	}
 	defer db.Close()
 	svc := &orderService{committed: map[string]string{}, trace: map[string]string{}, stop: make(chan struct{}), errs: make(chan error, 1)}
+	svc.plain = plain
 	svc.run(ctx, pool, db, plain, parted)
 	stopped := false
 	halt := func() {
@@ -216,7 +231,7 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 		return true
 	})
 	dups := len(recs) - len(seen)
-	checkTraceAndCloudEvents(t, recs, byEvent, traceOf)
+	checkTraceAndCloudEvents(t, recs, byEvent, traceOf, &svc.emitted)
 
 	// The consumer: its own database, inbox and business table, which has no
 	// unique key, so an order shipped twice would show.
@@ -319,9 +334,9 @@ func TestOutboxInboxExactlyOnce(t *testing.T) {
 // bare value and as tracingspancontext properties text), and that the
 // CloudEvents table's records carry the attributes CloudEvents 1.0 requires
 // in the Kafka binding's binary mode, the value untouched.
-func checkTraceAndCloudEvents(t *testing.T, recs []devenv.Record, byEvent, traceOf map[string]string) {
+func checkTraceAndCloudEvents(t *testing.T, recs []devenv.Record, byEvent, traceOf map[string]string, emitted *sync.Map) {
 	t.Helper()
-	var ce, plain, withState, bad int
+	var ce, plain, withState, messages, bad int
 	for _, rec := range recs {
 		id := rec.Headers["id"]
 		order := byEvent[id]
@@ -341,13 +356,18 @@ func checkTraceAndCloudEvents(t *testing.T, recs []devenv.Record, byEvent, trace
 			continue
 		}
 		ce++
+		source := "/relay/app/public.outbox"
+		if _, ok := emitted.Load(order); ok {
+			source = "/relay/app/message/outbox"
+			messages++
+		}
 		var p struct{ Order string }
 		if err := json.Unmarshal(rec.Value, &p); err != nil || p.Order != order {
 			t.Errorf("event %s: value %q is not the payload written", id, rec.Value)
 		}
 		ts, err := time.Parse(time.RFC3339Nano, rec.Headers["ce_time"])
 		want := map[string]string{
-			"ce_specversion": "1.0", "ce_id": id, "ce_source": "/relay/app/public.outbox", "ce_type": "OrderCreated",
+			"ce_specversion": "1.0", "ce_id": id, "ce_source": source, "ce_type": "OrderCreated",
 			"ce_subject": order, "content-type": "application/json",
 		}
 		for k, v := range want {
@@ -361,7 +381,7 @@ func checkTraceAndCloudEvents(t *testing.T, recs []devenv.Record, byEvent, trace
 			t.Errorf("event %s: ce_time %q is not the commit time %s: %v", id, rec.Headers["ce_time"], rec.Timestamp, err)
 		}
 	}
-	if ce == 0 || plain == 0 || withState == 0 {
-		t.Errorf("records: %d with CloudEvents, %d without, %d with tracestate; want some of each", ce, plain, withState)
+	if ce == 0 || plain == 0 || withState == 0 || messages == 0 {
+		t.Errorf("records: %d with CloudEvents (%d of them logical messages), %d without, %d with tracestate; want some of each", ce, messages, plain, withState)
 	}
 }
