@@ -15,10 +15,11 @@
 //
 // Why not pglogrepl.Parse, from the library the relay already uses for the
 // replication protocol: BenchmarkParseInsert parses the same outbox insert
-// (five text columns, 274 bytes) in 23 ns with 0 allocations here, and in
-// 560-860 ns with 16 allocations (600 B) through pglogrepl.Parse, which
-// allocates every column and copies every value (2-core VM; go test -bench
-// ParseInsert -benchmem ./pkg/decode/internal/pgoutput). At the 100k+
+// (five text columns, 274 bytes) in 23-80 ns with 0 allocations here, and in
+// 560-920 ns with 16 allocations (600 B) through pglogrepl.Parse, which
+// allocates every column and copies every value (go test -bench ParseInsert
+// -benchmem ./pkg/decode/internal/pgoutput on a 2-core VM shared with other
+// builds, hence the ranges; the ratio stays at 10-35x). At the 100k+
 // events/s the relay drains, that is the difference between a parser that
 // does not show in a profile and one that feeds the garbage collector 16
 // objects per event, before the decoder copies the values it keeps anyway.
