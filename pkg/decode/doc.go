@@ -1,4 +1,7 @@
-// Package decode turns pgoutput logical replication messages into outbox events.
+// Package decode turns pgoutput logical replication messages, and outbox rows
+// read with SQL for a snapshot or a replay (RowMapper), into outbox events;
+// ColumnTypeOK holds the column type rules that relay check and the start-up
+// checks share with it.
 //
 // Decoder reads the pgoutput wire format (protocol version 1) with the parser
 // in internal/pgoutput, which does not copy: tuple values alias the message
