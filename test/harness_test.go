@@ -61,6 +61,7 @@ type env struct {
 	kafka *devenv.Kafka
 	db    string
 	parts int32
+	dsn   string // when set, what url returns (a multi-host URL)
 }
 
 type envOpts struct {
@@ -84,7 +85,12 @@ func newEnv(t *testing.T, o envOpts) *env {
 	return e
 }
 
-func (e *env) url() string { return e.pg.URL("postgres", e.db) }
+func (e *env) url() string {
+	if e.dsn != "" {
+		return e.dsn
+	}
+	return e.pg.URL("postgres", e.db)
+}
 
 func (e *env) exec(sql, db string) {
 	e.t.Helper()

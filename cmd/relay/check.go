@@ -107,6 +107,9 @@ func checkPostgres(ctx context.Context, c *checklist, cfg *config.Config) {
 		return
 	}
 	c.ok("postgres", fmt.Sprintf("connected to %s as %s (PostgreSQL %s)", pg.URL.Redacted(), user, version))
+	if err := logrepl.CheckPrimary(cctx, conn.PgConn()); err != nil {
+		c.fail("postgres", redact(err), "point postgres.url at the primary, or list every host (postgres://relay@db-a,db-b/app?target_session_attrs=read-write)")
+	}
 
 	if err := logrepl.CheckWALLevel(cctx, conn); err != nil {
 		c.fail("wal_level", redact(err), "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart Postgres")
@@ -240,6 +243,26 @@ func checkSlot(ctx context.Context, c *checklist, conn *pgx.Conn, pg config.Post
 	} else if keep == "-1" {
 		keep = "-1 (unlimited: a stopped relay makes Postgres keep WAL until the disk fills)"
 	}
+	// PostgreSQL 18 can also invalidate a slot that nobody streamed from
+	// for this long; the setting does not exist before.
+	var idle *string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('idle_replication_slot_timeout', true)").Scan(&idle); err == nil && idle != nil {
+		v := *idle
+		if v == "0" {
+			v = "0 (off)"
+		} else {
+			v += " (a relay stopped for longer loses its slot)"
+		}
+		keep += ", idle_replication_slot_timeout = " + v
+	}
+	fo, foErr := logrepl.ReadFailover(ctx, conn, pg.Slot)
+	defer func() {
+		if foErr != nil {
+			c.fail("failover", redact(foErr), "")
+			return
+		}
+		checkFailover(c, fo, pg, st.Exists)
+	}()
 	if err := logrepl.CheckSlot(st, pg, db); err != nil {
 		c.fail(what, redact(err), "")
 		return
@@ -259,6 +282,36 @@ func checkSlot(ctx context.Context, c *checklist, conn *pgx.Conn, pg config.Post
 		return
 	}
 	c.ok(what, detail)
+}
+
+// checkFailover says whether the slot survives a failover to a standby.
+func checkFailover(c *checklist, fo logrepl.Failover, pg config.Postgres, exists bool) {
+	warnings, err := logrepl.CheckFailover(fo, pg)
+	if err != nil {
+		c.fail("failover", err.Error(), "set postgres.slot_failover: false, or upgrade to PostgreSQL 17 or later")
+		return
+	}
+	for _, w := range warnings {
+		c.warn("failover", w, "see README \"Failover\"")
+	}
+	if len(warnings) > 0 {
+		return
+	}
+	switch {
+	case !fo.Supported:
+		c.ok("failover", fmt.Sprintf("PostgreSQL %d has no failover slots: after a failover to a standby the slot is missing there and the relay stops (README \"Failover\")", fo.Major))
+	case fo.SlotFailover || pg.SlotFailover:
+		state := "a failover slot"
+		switch {
+		case !exists:
+			state = "created as a failover slot on start (postgres.slot_failover: true)"
+		case !fo.SlotFailover:
+			state = "made a failover slot on start (postgres.slot_failover: true)"
+		}
+		c.ok("failover", fmt.Sprintf("slot %s is %s; synchronized_standby_slots = %s; standbys need sync_replication_slots = on, hot_standby_feedback = on and dbname in primary_conninfo", pg.Slot, state, fo.StandbySlots))
+	default:
+		c.ok("failover", fmt.Sprintf("slot %s is not a failover slot (postgres.slot_failover: false); no physical standby seen", pg.Slot))
+	}
 }
 
 func checkKafka(c *checklist, cfg *config.Config) {
@@ -431,5 +484,16 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "confirmed_lsn: %s\n", st.Confirmed)
 	fmt.Fprintf(stdout, "active_pid:    %s\n", pid)
 	fmt.Fprintf(stdout, "wal_status:    %s\n", st.WALStatus)
+	fo, err := logrepl.ReadFailover(cctx, conn, pg.Slot)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stdout, "failover:      unknown (%s)\n", pg.URL.RedactError(err))
+	case !fo.Supported:
+		fmt.Fprintf(stdout, "failover:      not supported (PostgreSQL %d; failover slots need %d+)\n", fo.Major, logrepl.FailoverSlotsVersion)
+	default:
+		// synced is true on a standby's copy, and stays true on a
+		// promoted standby's.
+		fmt.Fprintf(stdout, "failover:      %t (synced %t, synchronized_standby_slots %q)\n", fo.SlotFailover, fo.SlotSynced, fo.StandbySlots)
+	}
 	return nil
 }

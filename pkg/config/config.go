@@ -32,6 +32,10 @@ type Postgres struct {
 	Publication       string     `mapstructure:"publication"`
 	CreatePublication bool       `mapstructure:"create_publication"`
 	CreateSlot        bool       `mapstructure:"create_slot"`
+	// SlotFailover makes the slot a failover slot (PostgreSQL 17+), which
+	// standbys with sync_replication_slots keep a copy of, so the relay
+	// carries on from it after a promotion.
+	SlotFailover bool `mapstructure:"slot_failover"`
 }
 
 // Kafka configures the producer. Delivery settings that the guarantees depend on

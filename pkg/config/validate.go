@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Every section type has a Validate that reports all of its problems, each
@@ -103,8 +105,10 @@ func (pg Postgres) Validate() error {
 	var p problems
 	if pg.URL == "" {
 		p.add("postgres.url", "required (or set RELAY_POSTGRES_URL)")
-	} else if _, err := pgx.ParseConfig(pg.URL.Reveal()); err != nil {
+	} else if pc, err := pgx.ParseConfig(pg.URL.Reveal()); err != nil {
 		p.add("postgres.url", "cannot parse: %s", pg.URL.RedactError(err))
+	} else if msg := sessionAttrsProblem(pc.Config); msg != "" {
+		p.add("postgres.url", "%s", msg)
 	}
 	if !slotName.MatchString(pg.Slot) {
 		p.add("postgres.slot", "%q must be 1-63 lowercase letters, digits or underscores", pg.Slot)
@@ -363,4 +367,33 @@ func (l Log) Validate() error {
 		p.add("log.format", "%v", err)
 	}
 	return p.err()
+}
+
+// sessionAttrsProblem explains why the URL's hosts and target_session_attrs
+// could land the relay on a standby: it waits there for a promotion, so
+// with several hosts it must be told to pick the primary.
+func sessionAttrsProblem(pc pgconn.Config) string {
+	attrs := "any"
+	if pc.ValidateConnect != nil {
+		attrs = "other"
+		switch reflect.ValueOf(pc.ValidateConnect).Pointer() {
+		case reflect.ValueOf(pgconn.ValidateConnectTargetSessionAttrsReadWrite).Pointer():
+			attrs = "read-write"
+		case reflect.ValueOf(pgconn.ValidateConnectTargetSessionAttrsPrimary).Pointer():
+			attrs = "primary"
+		}
+	}
+	if attrs == "other" {
+		return "target_session_attrs must be read-write or primary (or left out with a single host): the relay streams from the primary"
+	}
+	// sslmode=prefer adds a plaintext fallback to the same host; only
+	// distinct hosts count.
+	hosts := map[string]bool{fmt.Sprintf("%s:%d", pc.Host, pc.Port): true}
+	for _, fb := range pc.Fallbacks {
+		hosts[fmt.Sprintf("%s:%d", fb.Host, fb.Port)] = true
+	}
+	if attrs == "any" && len(hosts) > 1 {
+		return fmt.Sprintf("lists %d hosts without target_session_attrs=read-write (or primary): the relay could connect to a standby and wait there while the primary is up", len(hosts))
+	}
+	return ""
 }

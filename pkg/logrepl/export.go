@@ -38,7 +38,7 @@ func CreateSlotExporting(ctx context.Context, pg config.Postgres) (*ExportedSlot
 	// The slot name is limited to [a-z0-9_] by config validation, so it needs
 	// no quoting in the replication command.
 	res, err := pglogrepl.CreateReplicationSlot(cctx, conn, pg.Slot, "pgoutput",
-		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: exportSlotOptions(pg)})
 	if err != nil {
 		_ = conn.Close(context.WithoutCancel(ctx))
 		return nil, classify(fmt.Errorf("creating replication slot %q with an exported snapshot: %w", pg.Slot, err), err)

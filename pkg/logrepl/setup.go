@@ -76,6 +76,9 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
+	if err := CheckPrimary(ctx, conn.PgConn()); err != nil {
+		return 0, err
+	}
 	if err := CheckWALLevel(ctx, conn); err != nil {
 		return 0, err
 	}
@@ -103,15 +106,32 @@ func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log
 	if err := CheckSlot(st, pg, db); err != nil {
 		return 0, err
 	}
+	fo, err := ReadFailover(ctx, conn, pg.Slot)
+	if err != nil {
+		return 0, err
+	}
+	warnings, err := CheckFailover(fo, pg)
+	if err != nil {
+		return 0, err
+	}
 	if st.Active {
 		// Another relay streams (a hot standby waits here), or Postgres has
 		// not yet reaped a crashed instance's walsender. Saying so before
 		// connecting to Kafka keeps a waiting standby cheap.
 		return 0, fmt.Errorf("%w (PID %d)", ErrSlotActive, st.ActivePID)
 	}
+	for _, w := range warnings {
+		log.Warn().Str("slot", pg.Slot).Msg(w)
+	}
+	if st.Exists && pg.SlotFailover && !fo.SlotFailover {
+		if err := enableFailover(ctx, pg); err != nil {
+			return 0, err
+		}
+		log.Info().Str("slot", pg.Slot).Msg("made the replication slot a failover slot (postgres.slot_failover: true)")
+	}
 	if !st.Exists {
 		var lsn string
-		err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", pg.Slot).Scan(&lsn)
+		err := conn.QueryRow(ctx, createSlotSQL(pg), pg.Slot).Scan(&lsn)
 		if err != nil {
 			return 0, classify(fmt.Errorf("creating replication slot %q: %w", pg.Slot, err), err)
 		}
@@ -163,7 +183,7 @@ func CheckSlot(st SlotState, pg config.Postgres, db string) error {
 	case st.Database != db:
 		return fault.Fatal(fmt.Errorf("replication slot %q belongs to database %q, not %q: set postgres.slot to another name", pg.Slot, st.Database, db))
 	case st.WALStatus == "lost":
-		return fault.Fatal(fmt.Errorf("%w: slot %q: Postgres removed WAL it still needed (max_slot_wal_keep_size), so outbox events committed while the relay was behind may be lost. The relay will not recreate the slot silently. To recover: compare the outbox table with Kafka to find missing events, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start the relay again to create a fresh one", ErrSlotLost, pg.Slot, pg.Slot))
+		return fault.Fatal(fmt.Errorf("%w: slot %q: Postgres removed WAL it still needed (max_slot_wal_keep_size) or, on PostgreSQL 18, dropped its reservation after idle_replication_slot_timeout without a consumer, so outbox events committed while the relay was behind may be lost. The relay will not recreate the slot silently. To recover: compare the outbox table with Kafka to find missing events, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start the relay again to create a fresh one", ErrSlotLost, pg.Slot, pg.Slot))
 	}
 	return nil
 }

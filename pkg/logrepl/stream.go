@@ -121,6 +121,16 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 		_ = conn.Close(closeCtx)
 	}()
 
+	// Without target_session_attrs, or between Prepare and here, this can
+	// be a standby: on PostgreSQL 16+ it would decode from a local slot of
+	// the same name, or refuse a synchronized one.
+	cctx, cancel = context.WithTimeout(hard, setupTimeout)
+	err = CheckPrimary(cctx, conn)
+	cancel()
+	if err != nil {
+		return err
+	}
+
 	args := []string{"proto_version '1'", publicationNames(s.PG.Publication), "messages 'true'"}
 	// Postgres streams from the later of this and the slot's confirmed
 	// position, skipping transactions that commit before it.
