@@ -114,7 +114,7 @@ func (u *unpublishable) check(ev *decode.Event) (*decode.Event, error) {
 	if ev.Partition >= 0 && refusals.partitionsSuspect(ev.Topic) {
 		// Asked after a restart, so from the new producer's fresh metadata:
 		// a topic that has grown since the refusal is not refused again.
-		if parts, err := u.partitions(ev.Topic); err == nil && ev.Partition >= int32(len(parts)) {
+		if parts, err := u.partitions(ev.Topic); err == nil && int(ev.Partition) >= len(parts) {
 			what := fmt.Sprintf("partition_column value %d but topic %s has %d partitions", ev.Partition, ev.Topic, len(parts))
 			return u.refuse(ev, reasonPartition, "its explicit partition does not exist: "+what, what,
 				"add partitions to the topic, or fix the partition_column value")
@@ -260,7 +260,8 @@ func validTopic(t string) bool {
 	}
 	for i := 0; i < len(t); i++ {
 		c := t[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+		legal := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-'
+		if !legal {
 			return false
 		}
 	}
@@ -274,7 +275,7 @@ func validTopic(t string) bool {
 var refusals refusalMemory
 
 type refusalMemory struct {
-	n           atomic.Int32 // entries, so that the common case costs no lock
+	n           atomic.Int64 // entries, so that the common case costs no lock
 	mu          sync.Mutex
 	deniedUntil map[string]denial
 	partitions  map[string]bool // topics an explicit partition was out of range for
@@ -343,7 +344,7 @@ func (r *refusalMemory) partitionsSuspect(topic string) bool {
 	return r.partitions[topic]
 }
 
-func (r *refusalMemory) count() { r.n.Store(int32(len(r.deniedUntil) + len(r.partitions))) }
+func (r *refusalMemory) count() { r.n.Store(int64(len(r.deniedUntil) + len(r.partitions))) }
 
 // forget clears the memory, for tests.
 func (r *refusalMemory) forget() {
