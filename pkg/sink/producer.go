@@ -43,6 +43,7 @@ type Producer struct {
 	halted sync.Once
 
 	unpub *unpublishable // kafka.on_unpublishable, see unpublishable.go
+	fl    *flight        // Run's records in flight (Run is called once)
 }
 
 // item carries an event through sarama. Embedding the message in one struct
@@ -56,6 +57,7 @@ type item struct {
 	// item alone in the common case (no boxed encoders, no header slice).
 	key, value sarama.ByteEncoder
 	headers    [4]sarama.RecordHeader
+	slot       uint16 // flight's key bucket + 1; 0: not counted per key
 }
 
 // newItem builds the producer message for ev.
@@ -203,7 +205,7 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 		client.Close()
 		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
 	}
-	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log, unpub: newUnpublishable(k, obs, log, client.Partitions)}, nil
+	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log, unpub: newUnpublishable(k, obs, log, client.Partitions), fl: newFlight()}, nil
 }
 
 // headerKeys caches header names as bytes, so a record's headers cost no
@@ -242,23 +244,14 @@ func headerKey(k string) []byte {
 // not confirmed past it, so it is sent again after a restart). Each acked
 // event's sequence number goes to the Acker. A failed event ends Run with an
 // error: retrying it here could reorder it behind later events of its key.
+// Run is called once per Producer; the pipeline builds a new one for every
+// attempt.
 func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		inflight int
-		closed   bool
-		done     = make(chan struct{})
-		failure  = make(chan error, 1)
+		wg      sync.WaitGroup
+		fl      = p.fl
+		failure = make(chan error, 1)
 	)
-	settle := func() {
-		mu.Lock()
-		inflight--
-		if closed && inflight == 0 {
-			close(done)
-		}
-		mu.Unlock()
-	}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -268,7 +261,7 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 			if p.obs != nil {
 				p.obs.Published(it.ev, time.Since(it.sent))
 			}
-			settle()
+			fl.settle(it)
 		}
 	}()
 	go func() {
@@ -292,7 +285,7 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 			case failure <- err:
 			default:
 			}
-			settle()
+			fl.settle(it)
 		}
 	}()
 	defer func() {
@@ -319,24 +312,34 @@ loop:
 		select {
 		case ev, ok := <-in:
 			if !ok {
-				mu.Lock()
-				closed = true
-				if inflight == 0 {
-					close(done)
-				}
-				mu.Unlock()
+				fl.close()
 				break loop
 			}
 			// An event that can never be published as it is stops the relay
 			// or is replaced by its dead letter record, here, in its place
 			// in the stream.
-			if ev, runErr = p.unpub.check(ev); runErr != nil {
+			out, err := p.unpub.check(ev)
+			if err != nil {
+				runErr = err
 				break loop
 			}
-			it := newItem(ev, time.Now())
-			mu.Lock()
-			inflight++
-			mu.Unlock()
+			deadLetter := out != ev
+			if deadLetter && out.Key != nil {
+				// The dead letter waits for its key's earlier records: one of
+				// them failing later would be dead-lettered after the
+				// restart, behind this one.
+				for fl.keyBusy(out.Key) {
+					select {
+					case <-fl.settled:
+					case runErr = <-failure:
+						break loop
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+			}
+			it := newItem(out, time.Now())
+			fl.add(it, deadLetter)
 			select {
 			case input <- &it.msg:
 			case runErr = <-failure:
@@ -354,7 +357,7 @@ loop:
 		return runErr
 	}
 	select {
-	case <-done:
+	case <-fl.done:
 		return nil
 	case err := <-failure:
 		return err
