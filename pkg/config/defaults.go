@@ -24,6 +24,7 @@ func Default() Config {
 			Publication:       "outbox_relay",
 			CreatePublication: true,
 			CreateSlot:        true,
+			SlotFailover:      false,
 		},
 		Kafka: Kafka{
 			ClientID:        "relay",
