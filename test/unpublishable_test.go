@@ -212,3 +212,20 @@ func TestUnpublishableRefusedTopic(t *testing.T) {
 		t.Errorf("relay exited %d after SIGTERM", code)
 	}
 }
+
+// TestUnpublishableClusterAuthorization: CLUSTER_AUTHORIZATION_FAILED is
+// about the relay's principal, not one topic, so even under dead_letter the
+// relay stops instead of sending dead letters.
+func TestUnpublishableClusterAuthorization(t *testing.T) {
+	e := unpublishableEnv(t)
+	e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "outbox.event.Secret", Err: kerr.ClusterAuthorizationFailed, Count: -1})
+	r := e.startRelay(e.secConfig("", dlConfig, ""))
+	e.waitStreaming("outbox_relay")
+	ok1 := e.insertEvent("Order", "o-1", nil)
+	e.waitIDs("the first event", []string{ok1}, "outbox.event.Order")
+	s1 := e.insertEvent("Secret", "s-1", nil)
+	expectStop(t, r, "event "+s1+" of public.outbox", "IdempotentWrite")
+	if n := len(e.idsIn("relay.dead-letter")); n != 0 {
+		t.Errorf("%d dead letter records, want none", n)
+	}
+}
