@@ -15,6 +15,9 @@ func TestRedactURL(t *testing.T) {
 		{"postgres://relay@db/app?password=s3cret&sslmode=disable", "postgres://relay@db/app?password=xxxxx&sslmode=disable"},
 		{"postgres://relay@db/app?sslpassword=s3cret", "postgres://relay@db/app?sslpassword=xxxxx"},
 		{"postgres://relay@db/app", "postgres://relay@db/app"},
+		// Several hosts, as a failover setup lists them.
+		{"postgres://relay:s3cret@h1:5432,h2:5433/app?target_session_attrs=read-write", "postgres://relay:xxxxx@h1:5432,h2:5433/app?target_session_attrs=read-write"},
+		{"host=h1,h2 port=5432,5433 user=relay password=s3cret", "host=h1,h2 port=5432,5433 user=relay password=xxxxx"},
 		// net/url rejects this host, but the password must still be hidden.
 		{"postgres://relay:s3cret@d b/app", "postgres://relay:xxxxx@d b/app"},
 		{"host=db user=relay password=s3cret dbname=app", "host=db user=relay password=xxxxx dbname=app"},
