@@ -9,6 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/relay-dev/relay/internal/devenv"
@@ -227,5 +228,37 @@ func TestUnpublishableClusterAuthorization(t *testing.T) {
 	expectStop(t, r, "event "+s1+" of public.outbox", "IdempotentWrite")
 	if n := len(e.idsIn("relay.dead-letter")); n != 0 {
 		t.Errorf("%d dead letter records, want none", n)
+	}
+}
+
+// TestUnpublishableCheck: relay check flags the deprecated kafka.oversized
+// and checks the dead letter topic like the other fixed topics.
+func TestUnpublishableCheck(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := e.secConfig("", "  oversized: dead_letter\n  dead_letter_topic: relay.dead-letter\n", "")
+	out, code := runRelay(t, cfg, "check")
+	for _, want := range []string{"! kafka.oversized: deprecated", "rename it to kafka.on_unpublishable",
+		"✗ topic relay.dead-letter: does not exist (used by kafka.oversized dead_letter"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("relay check output lacks %q:\n%s", want, out)
+		}
+	}
+	if code != 1 {
+		t.Errorf("relay check exited %d with the dead letter topic missing, want 1", code)
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka.Addr()), kgo.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "relay.dead-letter", Value: []byte("x")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	out, code = runRelay(t, cfg, "check")
+	if code != 0 || !strings.Contains(out, "✓ topic relay.dead-letter: exists") {
+		t.Errorf("relay check with the dead letter topic created exited %d:\n%s", code, out)
 	}
 }

@@ -334,6 +334,10 @@ func checkKafka(c *checklist, cfg *config.Config) {
 	for _, w := range sink.InsecureSettings(cfg.Kafka) {
 		c.warn(w.Setting, w.Risk, "")
 	}
+	if cfg.Kafka.Oversized != config.UnpublishableUnset {
+		c.warn("kafka.oversized", "deprecated: it is read as kafka.on_unpublishable, which also covers illegal topic names, refused topics and missing partitions",
+			"rename it to kafka.on_unpublishable")
+	}
 	if err := sink.Handshake(cfg.Kafka, sc); err != nil {
 		c.fail("kafka", err.Error(), "check kafka.brokers, the network path, and kafka.tls / kafka.sasl")
 		c.skip("kafka topics", "no connection")
@@ -374,6 +378,9 @@ func checkKafka(c *checklist, cfg *config.Config) {
 		} else {
 			fixed = append(fixed, r)
 		}
+	}
+	if policy, key := cfg.Kafka.Unpublishable(); policy == config.UnpublishableDeadLetter {
+		fixed = append(fixed, route{key + " dead_letter (kafka.dead_letter_topic)", cfg.Kafka.DeadLetterTopic})
 	}
 
 	if len(fixed) > 0 {
