@@ -117,7 +117,7 @@ func (u *unpublishable) check(ev *decode.Event) (*decode.Event, error) {
 		if parts, err := u.partitions(ev.Topic); err == nil && int(ev.Partition) >= len(parts) {
 			what := fmt.Sprintf("partition_column value %d but topic %s has %d partitions", ev.Partition, ev.Topic, len(parts))
 			return u.refuse(ev, reasonPartition, "its explicit partition does not exist: "+what, what,
-				"add partitions to the topic, or fix the partition_column value")
+				fmt.Sprintf("give the topic more than %d partitions", ev.Partition))
 		}
 	}
 	return ev, nil
@@ -127,9 +127,6 @@ func (u *unpublishable) check(ev *decode.Event) (*decode.Event, error) {
 // "event ... cannot be published: ", detail is the dead letter's error
 // header, fix the way past other than dead_letter.
 func (u *unpublishable) refuse(ev *decode.Event, reason, problem, detail, fix string) (*decode.Event, error) {
-	if ev.Topic == u.deadTopic && u.deadTopic != "" {
-		return nil, fault.Fatal(fmt.Errorf("dead letter record for event %s of %s cannot be published to kafka.dead_letter_topic %s: %s; %s", ev.ID, ev.Table, ev.Topic, detail, fix))
-	}
 	if u.deadTopic == "" {
 		return nil, u.stop(ev, problem, fix)
 	}
@@ -180,7 +177,7 @@ func (u *unpublishable) refuse(ev *decode.Event, reason, problem, detail, fix st
 
 // stop is the fatal error for ev under the stop policy.
 func (u *unpublishable) stop(ev *decode.Event, problem, fix string) error {
-	return fault.Fatal(fmt.Errorf("event %s of %s for topic %q cannot be published: %s; %s is stop, so the relay stops rather than skip it (the slot stays before it): %s, or set kafka.on_unpublishable: dead_letter with kafka.dead_letter_topic to send it to a dead letter topic and carry on",
+	return fault.Fatal(fmt.Errorf("event %s of %s for topic %q cannot be published: %s; %s is stop, so the relay stops rather than skip it (the slot stays before it, and editing the row does not change the event already in the WAL): %s, or set kafka.on_unpublishable: dead_letter with kafka.dead_letter_topic to send it to a dead letter topic and carry on",
 		ev.ID, ev.Table, ev.Topic, problem, u.key, fix))
 }
 

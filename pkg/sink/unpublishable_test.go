@@ -329,7 +329,7 @@ func TestPartitionOutOfRange(t *testing.T) {
 	}
 	parts = parts[:4]
 	_, err = newUnpublishable(config.Default().Kafka, nil, zerolog.Nop(), partitions).check(ev)
-	if !fault.IsFatal(err) || !strings.Contains(err.Error(), "add partitions") || !strings.Contains(err.Error(), ev.ID) {
+	if !fault.IsFatal(err) || !strings.Contains(err.Error(), "give the topic more than 7 partitions") || !strings.Contains(err.Error(), ev.ID) {
 		t.Errorf("under stop: %v", err)
 	}
 }
