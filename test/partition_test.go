@@ -197,3 +197,62 @@ func TestPartitionedOutboxPublicationWithoutRoot(t *testing.T) {
 	v.mustHold(t, true)
 	r.mustBeRunning()
 }
+
+// TestPartitionedOutboxViaRootToggled turns publish_via_partition_root off
+// and on again, once while the relay is stopped and once while it streams.
+// Postgres reads the publication as of each change, so the rows written
+// while it was off arrive under their partitions' names even after it is
+// back on: a relay that ignored them would confirm past them (lost > 0).
+// While streaming, the periodic publication check must also stop the relay,
+// with the fix.
+func TestPartitionedOutboxViaRootToggled(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.exec(partitionedDDL, e.db)
+	cfg := e.config(partitionedConfig)
+	r := e.startRelay(cfg)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	conn := e.connect()
+	ctx := context.Background()
+	write := func(txns int, salt int) {
+		t.Helper()
+		for i := 0; i < txns; i++ {
+			if err := p.insertAt(ctx, conn, "public.poutbox", 25, keyed(50, salt+i), month(1+i%2)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(20, 0)
+	e.waitAllDelivered(p.committed(), 90*time.Second).mustHold(t, true)
+
+	if code := r.stop(60 * time.Second); code != 0 {
+		t.Fatalf("relay exited %d after SIGTERM", code)
+	}
+	e.exec(`ALTER PUBLICATION outbox_relay SET (publish_via_partition_root = false)`, e.db)
+	write(40, 1000)
+	e.exec(`ALTER PUBLICATION outbox_relay SET (publish_via_partition_root = true)`, e.db)
+	write(20, 2000)
+	r = e.startRelay(cfg)
+	v := e.waitAllDelivered(p.committed(), 90*time.Second)
+	t.Logf("option off while the relay was stopped: %s", v)
+	v.mustHold(t, true)
+	if !strings.Contains(r.out.String(), "rows of a partition arrive under its own name") {
+		t.Errorf("no warning about rows under a partition's name")
+	}
+
+	e.exec(`ALTER PUBLICATION outbox_relay SET (publish_via_partition_root = false)`, e.db)
+	write(40, 3000)
+	code, out := r.wait(60 * time.Second)
+	last := lastLine(out)
+	t.Logf("option off while streaming: relay exited %d: %s", code, last)
+	if code == 0 || !strings.Contains(last, `ALTER PUBLICATION "outbox_relay" SET (publish_via_partition_root = true)`) {
+		t.Fatalf("want a fatal error with the fix, got exit %d: %s", code, last)
+	}
+	e.exec(`ALTER PUBLICATION outbox_relay SET (publish_via_partition_root = true)`, e.db)
+	r = e.startRelay(cfg)
+	write(10, 4000)
+	v = e.waitAllDelivered(p.committed(), 90*time.Second)
+	t.Logf("option off while streaming, then fixed: %s", v)
+	v.mustHold(t, false)
+	r.mustBeRunning()
+}

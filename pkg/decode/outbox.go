@@ -89,6 +89,9 @@ type Decoder struct {
 	messages map[string]*router // by prefix
 	msgFmt   map[string]*eventFormat
 	commitAt time.Time
+	// ancestors, when set, names the partition ancestors of a relation
+	// that is not a configured table.
+	ancestors func(schema, name string) ([]string, error)
 
 	traceWarned map[string]bool // tables whose invalid trace context was logged at warn
 }
@@ -221,8 +224,36 @@ func NewDecoder(tables []config.Table, messages []config.Message, log zerolog.Lo
 
 const byteaOID = 17
 
+// ResolvePartitions lets the decoder recognise rows of a configured
+// partitioned table that arrive under a partition's name: ancestors returns
+// the partition ancestors of the relation schema.name ("schema.table",
+// nearest first; none for a table that is not a partition). Postgres sends
+// them so where the publication did not publish via the partition root at
+// that point of the WAL (it reads the publication as of each change), which
+// can be true of WAL the slot still holds after the option was turned on.
+func (d *Decoder) ResolvePartitions(ancestors func(schema, name string) ([]string, error)) {
+	d.ancestors = ancestors
+}
+
 func (d *Decoder) learnRelation(rel *pgoutput.Relation) error {
-	r, err := d.layout(rel)
+	full := rel.Namespace + "." + rel.Name
+	as := d.tables[full]
+	if as == nil && d.ancestors != nil {
+		// Relation messages come once per relation and session (and after
+		// its schema changes), so asking the catalog here is cheap.
+		anc, err := d.ancestors(rel.Namespace, rel.Name)
+		if err != nil {
+			return err
+		}
+		for _, a := range anc {
+			if as = d.tables[a]; as != nil {
+				d.log.Warn().Str("partition", full).Str("table", as.cfg.Table).
+					Msg("rows of a partition arrive under its own name (the publication did not publish via the partition root at this point of the WAL); relayed as rows of the outbox table")
+				break
+			}
+		}
+	}
+	r, err := d.layoutAs(rel, as)
 	if err != nil {
 		// Forget the half-mapped layout: a row of this table must not be
 		// decoded with it even if a caller carried on after the error.
@@ -239,8 +270,13 @@ func (d *Decoder) learnRelation(rel *pgoutput.Relation) error {
 // layout maps a relation's columns to the parts of an event, for WAL rows
 // and rows read with SQL alike.
 func (d *Decoder) layout(rel *pgoutput.Relation) (*relation, error) {
-	full := rel.Namespace + "." + rel.Name
-	r := &relation{name: full, rule: d.tables[full]}
+	return d.layoutAs(rel, d.tables[rel.Namespace+"."+rel.Name])
+}
+
+// layoutAs maps rel's columns with the rule of outbox table as, nil for a
+// relation that is none.
+func (d *Decoder) layoutAs(rel *pgoutput.Relation, as *rule) (*relation, error) {
+	r := &relation{name: rel.Namespace + "." + rel.Name, rule: as}
 	if r.rule == nil {
 		return r, nil
 	}

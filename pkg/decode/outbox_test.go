@@ -3,6 +3,7 @@ package decode
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -590,4 +591,42 @@ func FuzzDecode(f *testing.F) {
 			t.Fatal("event result without an event")
 		}
 	})
+}
+
+// TestDecodePartitionUnderItsOwnName maps rows that arrive under a
+// partition's name to the configured partitioned table they belong to, and
+// leaves other unconfigured tables alone.
+func TestDecodePartitionUnderItsOwnName(t *testing.T) {
+	d, logs := newDecoderLog(t, nil, withDefaults(config.Table{Table: "public.outbox"}))
+	asked := map[string]int{}
+	d.ResolvePartitions(func(schema, name string) ([]string, error) {
+		asked[schema+"."+name]++
+		switch name {
+		case "outbox_2026_01":
+			return []string{"public.outbox_mid", "public.outbox"}, nil
+		case "broken":
+			return nil, errors.New("catalog unreachable")
+		}
+		return nil, nil
+	})
+	decodeOK(t, d, outboxRelation(11, "public", "outbox_2026_01", oidJSONB))
+	ev := eventOf(t, d, pgoutputtest.Insert(11, []pgoutput.Column{txt("p-1"), txt("Order"), txt("o-1"), txt("T"), txt("{}")}))
+	if ev.Table != "public.outbox" || ev.Topic != "outbox.event.Order" || ev.ID != "p-1" {
+		t.Fatalf("partition row mapped as %+v", ev)
+	}
+	if len(logs.lines("warn", "partition")) != 1 {
+		t.Errorf("want one warning naming the partition")
+	}
+	decodeOK(t, d, outboxRelation(12, "public", "other", oidJSONB))
+	if r := decodeOK(t, d, pgoutputtest.Insert(12, []pgoutput.Column{txt("x"), txt("Order"), txt("o-1"), txt("T"), txt("{}")})); r.Kind != KindNone {
+		t.Errorf("row of an unrelated table decoded as %v", r.Kind)
+	}
+	// The configured table itself is never looked up.
+	decodeOK(t, d, outboxRelation(13, "public", "outbox", oidJSONB))
+	if asked["public.outbox"] != 0 || asked["public.outbox_2026_01"] != 1 {
+		t.Errorf("lookups: %v", asked)
+	}
+	if _, err := d.Decode(outboxRelation(14, "public", "broken", oidJSONB)); err == nil {
+		t.Error("a failed lookup was ignored")
+	}
 }

@@ -64,7 +64,8 @@ type Stream struct {
 	Tables []config.Table
 
 	conn     *pgconn.PgConn
-	gap      error // set once the walsender says the publication is missing
+	gap      error     // set once the walsender says the publication is missing
+	catalog  *pgx.Conn // regular connection for catalog lookups, opened when first needed
 	received pglogrepl.LSN
 	sentLSN  pglogrepl.LSN
 	sentAt   time.Time
@@ -114,6 +115,8 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 		return classify(fmt.Errorf("replication connection to %s: %s", s.PG.URL.Redacted(), s.PG.URL.RedactError(err)), err)
 	}
 	s.conn = conn
+	s.Decoder.ResolvePartitions(s.ancestors)
+	defer s.closeCatalog()
 	defer func() {
 		s.Stats.Streaming.Store(false)
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(hard), 2*time.Second)
@@ -217,6 +220,9 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 					s.Stats.ReceivedLSN.Store(uint64(end))
 				}
 				res, err := s.Decoder.Decode(xld.WALData)
+				if errors.Is(err, errCatalog) {
+					return fmt.Errorf("decoding WAL at %s: %w", xld.WALStart, err)
+				}
 				if err != nil {
 					return fault.Fatal(fmt.Errorf("decoding WAL at %s: %w", xld.WALStart, err))
 				}
@@ -387,6 +393,49 @@ func (s *Stream) sendStatus(reply bool) error {
 }
 
 func (s *Stream) touch() { s.Stats.LastProgress.Store(time.Now().UnixNano()) }
+
+// errCatalog marks a failed catalog lookup: connection trouble, retried.
+var errCatalog = errors.New("looking up the catalog")
+
+// ancestors returns the partition ancestors of schema.name, nearest first,
+// for the decoder to recognise rows that arrive under a partition's name.
+func (s *Stream) ancestors(schema, name string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if s.catalog == nil {
+		c, err := pgx.Connect(ctx, s.PG.URL.Reveal())
+		if err != nil {
+			return nil, fmt.Errorf("%w: connecting to postgres %s: %s", errCatalog, s.PG.URL.Redacted(), s.PG.URL.RedactError(err))
+		}
+		s.catalog = c
+	}
+	// pg_partition_ancestors lists the relation itself first, then its
+	// parents up to the root; nothing for a table that is no partition.
+	rows, err := s.catalog.Query(ctx, `SELECT an.nspname || '.' || ac.relname
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+			pg_partition_ancestors(c.oid) WITH ORDINALITY AS a(relid, depth)
+			JOIN pg_class ac ON ac.oid = a.relid JOIN pg_namespace an ON an.oid = ac.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND a.relid <> c.oid
+		ORDER BY a.depth`, schema, name)
+	var anc []string
+	if err == nil {
+		anc, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		s.closeCatalog()
+		return nil, fmt.Errorf("%w: partition ancestors of %s.%s: %w", errCatalog, schema, name, err)
+	}
+	return anc, nil
+}
+
+func (s *Stream) closeCatalog() {
+	if s.catalog != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.catalog.Close(ctx)
+		cancel()
+		s.catalog = nil
+	}
+}
 
 // publicationMissing recognises the walsender's error for a publication that
 // does not exist at the point of the WAL being decoded.
