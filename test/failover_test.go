@@ -292,3 +292,43 @@ func TestSlotFailover(t *testing.T) {
 		t.Errorf("relay status:\n%s", status)
 	}
 }
+
+// TestFailoverWithoutFailoverSlot fails over a primary whose slot the
+// standby does not have (PostgreSQL 16: no failover slots). Events committed
+// since the relay's confirmed position are unreachable on the new primary,
+// so the relay must stop with a clear error, not create a fresh slot and
+// skip them. Here the slot is the operator's (postgres.create_slot: false).
+func TestFailoverWithoutFailoverSlot(t *testing.T) {
+	f := newFailoverEnv(t, 16, false)
+	f.exec("CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert', publish_via_partition_root = true)", f.db)
+	f.exec("SELECT pg_create_logical_replication_slot('outbox_relay', 'pgoutput')", f.db)
+	r := f.startRelay(f.config(outboxOnly), "RELAY_POSTGRES_CREATE_SLOT=false")
+	f.waitStreaming("outbox_relay")
+	p := newProducer()
+	w := f.startSteadyWriter(p, 10*time.Millisecond)
+	f.waitGrowth(200, 60*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := f.primary.StopImmediate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.standby.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.pg = f.standby
+	code, out := r.wait(90 * time.Second)
+	w.halt()
+	last := lastLine(out)
+	t.Logf("relay exited %d: %s", code, last)
+	if code == 0 || !strings.Contains(last, `replication slot "outbox_relay" does not exist`) {
+		t.Errorf("exit %d, want a failure naming slot outbox_relay as missing; last line: %s", code, last)
+	}
+	if strings.Contains(out, "created replication slot") {
+		t.Errorf("the relay created a slot")
+	}
+	var n int
+	if err := queryOn(f.standby, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'outbox_relay'", &n); err != nil || n != 0 {
+		t.Errorf("new primary has %d slots named outbox_relay (%v), want none", n, err)
+	}
+}
