@@ -14,7 +14,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/relay-dev/relay/pkg/checkpoint"
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/metrics"
 	"github.com/relay-dev/relay/pkg/pipeline"
@@ -119,7 +118,7 @@ type stallWatch struct {
 }
 
 type snapshot struct {
-	tr        *checkpoint.Tracker
+	attempt   int
 	inflight  int
 	acked     uint64
 	confirmed pglogrepl.LSN
@@ -157,7 +156,7 @@ func (w *stallWatch) take() snapshot {
 	}
 	if tr := w.src.Tracker(); tr != nil {
 		ts := tr.Stats()
-		s.tr, s.inflight, s.acked, s.confirmed = tr, ts.InflightEvents, ts.Acked, ts.Confirmed
+		s.attempt, s.inflight, s.acked, s.confirmed = ts.Attempt, ts.InflightEvents, ts.AckedEvents, ts.Confirmed
 	}
 	return s
 }
@@ -179,7 +178,7 @@ func (w *stallWatch) observe(now time.Time) {
 	case cur.streaming && cur.received > cur.confirmed:
 		pending = fmt.Sprintf("received WAL up to %d but confirmed only %d", cur.received, cur.confirmed)
 	}
-	progress := cur.tr != prev.tr || cur.confirmed != prev.confirmed || cur.acked != prev.acked ||
+	progress := cur.attempt != prev.attempt || cur.confirmed != prev.confirmed || cur.acked != prev.acked ||
 		// With nothing in flight the only unconfirmed WAL is the tail the
 		// walsender has not yet reported past (its keepalives confirm it), so
 		// a replication loop that still heartbeats is waiting, not wedged.

@@ -128,7 +128,7 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		sources = append(sources, "message:"+msg.Prefix)
 	}
 	m.Sources(sources)
-	p := pipeline.New(cfg, m, log)
+	p := pipeline.New(cfg, version, m, log)
 	m.Watch(p)
 	stopHTTP, err := startHTTP(cfg, p, m, log)
 	if err != nil {

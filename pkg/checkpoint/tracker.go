@@ -15,8 +15,19 @@
 // backpressure to WAL reading. A single event larger than the byte cap is
 // admitted when nothing else is in flight, so no event can wedge the pipeline.
 //
+// Acked is not yet confirmable: the slot is confirmed only up to the newest
+// position a progress record in Kafka vouches for (MarkDurable), so that after
+// any crash the relay's own record is at or ahead of the slot. A slot found
+// ahead of the record was moved by something else; see Record.
+//
+// One tracker lives as long as the process. Each pipeline attempt calls Reset,
+// which abandons what was in flight (it was not confirmed, so the next
+// attempt re-reads it from the slot); sequence numbers keep increasing across
+// attempts, so a late ack from an abandoned producer matches nothing.
+//
 // All methods are safe for concurrent use: the replication goroutine reserves
-// and commits, the producer's ack goroutine acks.
+// and commits, the producer's ack goroutine acks, the progress writer reads
+// Acked and marks positions durable.
 package checkpoint
 
 import (
@@ -35,15 +46,19 @@ type Tracker struct {
 	mu            sync.Mutex
 	next          uint64 // sequence number of the next reserved event
 	low           uint64 // every sequence number below low is acked
-	acked         []bool // ring indexed by seq % maxEvents
+	done          []bool // ring indexed by seq % maxEvents: acked above the watermark
 	sizes         []int
 	inflightBytes int
 	marks         []mark // commit boundaries not yet passed by the watermark, oldest first
 	head          int
-	confirmed     pglogrepl.LSN
-	lastCommit    time.Time // commit time of the newest confirmable transaction
+	acked         pglogrepl.LSN // every transaction up to here is in Kafka
+	durable       pglogrepl.LSN // a progress record in Kafka vouches for this position
+	lastCommit    time.Time     // commit time of the newest acked transaction
+	ackedEvents   uint64
+	attempt       int
 
-	space chan struct{} // signalled after acks free capacity or change confirmable
+	space    chan struct{} // signalled after acks free capacity or change what is confirmable
+	progress chan struct{} // signalled when Acked moves
 }
 
 type mark struct {
@@ -53,7 +68,7 @@ type mark struct {
 }
 
 // New returns a tracker bounding in-flight events to maxEvents and maxBytes,
-// starting from the slot's confirmed position start.
+// starting from position start, which is taken as durable.
 func New(maxEvents, maxBytes int, start pglogrepl.LSN) *Tracker {
 	if maxEvents < 1 {
 		maxEvents = 1
@@ -61,11 +76,30 @@ func New(maxEvents, maxBytes int, start pglogrepl.LSN) *Tracker {
 	return &Tracker{
 		maxEvents: maxEvents,
 		maxBytes:  maxBytes,
-		acked:     make([]bool, maxEvents),
+		done:      make([]bool, maxEvents),
 		sizes:     make([]int, maxEvents),
-		confirmed: start,
+		acked:     start,
+		durable:   start,
 		space:     make(chan struct{}, 1),
+		progress:  make(chan struct{}, 1),
 	}
+}
+
+// Reset abandons every event in flight and every pending boundary and starts
+// again from start, a position that is durable (the progress record's or the
+// slot's). It never moves the durable position back: start below it is
+// raised to it.
+func (t *Tracker) Reset(start pglogrepl.LSN) pglogrepl.LSN {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.low = t.next
+	t.inflightBytes = 0
+	t.marks, t.head = t.marks[:0], 0
+	t.durable = max(t.durable, start)
+	t.acked = t.durable
+	t.lastCommit = time.Time{}
+	t.attempt++
+	return t.durable
 }
 
 // TryReserve assigns the next sequence number to an event of size bytes, or
@@ -80,7 +114,7 @@ func (t *Tracker) TryReserve(size int) (uint64, bool) {
 	seq := t.next
 	t.next++
 	i := seq % uint64(t.maxEvents) //nolint:gosec // G115: New makes maxEvents >= 1
-	t.acked[i] = false
+	t.done[i] = false
 	t.sizes[i] = size
 	t.inflightBytes += size
 	return seq, true
@@ -99,35 +133,45 @@ func (t *Tracker) Ack(seq uint64) {
 		return
 	}
 	n := uint64(t.maxEvents) //nolint:gosec // G115: New makes maxEvents >= 1
-	t.acked[seq%n] = true
-	moved := false
-	for t.low < t.next && t.acked[t.low%n] {
+	t.done[seq%n] = true
+	moved, advanced := false, false
+	for t.low < t.next && t.done[t.low%n] {
 		i := t.low % n
-		t.acked[i] = false
+		t.done[i] = false
 		t.inflightBytes -= t.sizes[i]
 		t.low++
+		t.ackedEvents++
 		moved = true
 	}
 	if moved {
-		t.passMarks()
+		advanced = t.passMarks()
 	}
 	t.mu.Unlock()
 	if moved {
-		select {
-		case t.space <- struct{}{}:
-		default:
-		}
+		signal(t.space)
+	}
+	if advanced {
+		signal(t.progress)
 	}
 }
 
-// passMarks makes every commit whose events are all acked confirmable.
-// Caller holds mu.
-func (t *Tracker) passMarks() {
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// passMarks moves Acked past every commit whose events are all acked and
+// reports whether it moved. Caller holds mu.
+func (t *Tracker) passMarks() bool {
+	moved := false
 	for t.head < len(t.marks) && t.marks[t.head].end <= t.low {
 		m := t.marks[t.head]
-		if m.lsn > t.confirmed {
-			t.confirmed = m.lsn
+		if m.lsn > t.acked {
+			t.acked = m.lsn
 			t.lastCommit = m.commit
+			moved = true
 		}
 		t.head++
 	}
@@ -137,21 +181,26 @@ func (t *Tracker) passMarks() {
 		t.marks = append(t.marks[:0], t.marks[t.head:]...)
 		t.head = 0
 	}
+	return moved
 }
 
 // Commit records a transaction boundary: every event reserved so far belongs to
 // a transaction ending at or before endLSN.
 func (t *Tracker) Commit(endLSN pglogrepl.LSN, commitTime time.Time) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	// A commit with no new events since the previous boundary only moves that
 	// boundary's LSN, so boundaries never outnumber in-flight events.
 	if k := len(t.marks); k > t.head && t.marks[k-1].end == t.next {
 		t.marks[k-1].lsn, t.marks[k-1].commit = endLSN, commitTime
+		t.mu.Unlock()
 		return
 	}
 	t.marks = append(t.marks, mark{end: t.next, lsn: endLSN, commit: commitTime})
-	t.passMarks()
+	advanced := t.passMarks()
+	t.mu.Unlock()
+	if advanced {
+		signal(t.progress)
+	}
 }
 
 // AdvanceIdle confirms lsn (typically the server's WAL end from a keepalive)
@@ -160,31 +209,63 @@ func (t *Tracker) Commit(endLSN pglogrepl.LSN, commitTime time.Time) {
 // transaction. It reports whether the position moved.
 func (t *Tracker) AdvanceIdle(lsn pglogrepl.LSN) bool {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.low != t.next || t.head != len(t.marks) || lsn <= t.confirmed {
+	if t.low != t.next || t.head != len(t.marks) || lsn <= t.acked {
+		t.mu.Unlock()
 		return false
 	}
-	t.confirmed = lsn
+	t.acked = lsn
 	t.lastCommit = time.Time{}
+	t.mu.Unlock()
+	signal(t.progress)
 	return true
 }
 
-// Confirmed returns the newest LSN that may be reported to Postgres as flushed.
+// Acked returns the newest position whose transactions, and all earlier
+// ones, Kafka has acknowledged: what a progress record may vouch for next.
+func (t *Tracker) Acked() pglogrepl.LSN {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.acked
+}
+
+// Progress is signalled when Acked moves; meant for the single goroutine
+// that writes progress records.
+func (t *Tracker) Progress() <-chan struct{} { return t.progress }
+
+// MarkDurable records that a progress record for lsn is in Kafka. Positions
+// beyond Acked are refused (a record can only vouch for acked events), and
+// the durable position never moves back.
+func (t *Tracker) MarkDurable(lsn pglogrepl.LSN) {
+	t.mu.Lock()
+	moved := lsn > t.durable && lsn <= t.acked
+	if moved {
+		t.durable = lsn
+	}
+	t.mu.Unlock()
+	if moved {
+		signal(t.space)
+	}
+}
+
+// Confirmed returns the newest LSN that may be reported to Postgres as
+// flushed: the durable position.
 func (t *Tracker) Confirmed() pglogrepl.LSN {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.confirmed
+	return t.durable
 }
 
 // Stats is a snapshot for metrics and health.
 type Stats struct {
 	InflightEvents int
 	InflightBytes  int
+	Acked          pglogrepl.LSN
 	Confirmed      pglogrepl.LSN
-	// LastCommit is the commit time of the newest confirmable transaction; zero
+	// LastCommit is the commit time of the newest acked transaction; zero
 	// once the tracker is idle and caught up.
-	LastCommit time.Time
-	Acked      uint64 // events acked since start
+	LastCommit  time.Time
+	AckedEvents uint64 // events acked since the process started
+	Attempt     int    // how many times Reset was called
 }
 
 // Stats returns a consistent snapshot.
@@ -192,11 +273,13 @@ func (t *Tracker) Stats() Stats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return Stats{
-		InflightEvents: int(t.next - t.low), //nolint:gosec // G115: at most maxEvents
+		InflightEvents: int(t.next - t.low),
 		InflightBytes:  t.inflightBytes,
-		Confirmed:      t.confirmed,
+		Acked:          t.acked,
+		Confirmed:      t.durable,
 		LastCommit:     t.lastCommit,
-		Acked:          t.low,
+		AckedEvents:    t.ackedEvents,
+		Attempt:        t.attempt,
 	}
 }
 

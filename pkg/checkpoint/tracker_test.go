@@ -79,7 +79,7 @@ func TestRandomOutOfOrderAcks(t *testing.T) {
 					tr.Ack(seq)
 				}
 			}
-			if got, w := tr.Confirmed(), pglogrepl.LSN(want()); got != w {
+			if got, w := tr.Acked(), pglogrepl.LSN(want()); got != w {
 				t.Fatalf("seed %d step %d: confirmed %d, want %d", seed, step, got, w)
 			}
 			// Acked events above the watermark still occupy the window.
@@ -120,7 +120,7 @@ func TestCapsApplyBackpressure(t *testing.T) {
 
 func TestAdvanceIdleOnlyWhenNothingInFlight(t *testing.T) {
 	tr := New(10, 1000, 50)
-	if !tr.AdvanceIdle(70) || tr.Confirmed() != 70 {
+	if !tr.AdvanceIdle(70) || tr.Acked() != 70 {
 		t.Fatal("idle tracker did not advance to the keepalive position")
 	}
 	seq, _ := tr.TryReserve(1)
@@ -128,17 +128,17 @@ func TestAdvanceIdleOnlyWhenNothingInFlight(t *testing.T) {
 		t.Fatal("advanced past an unacked event")
 	}
 	tr.Commit(80, time.Time{})
-	if tr.AdvanceIdle(90) || tr.Confirmed() != 70 {
+	if tr.AdvanceIdle(90) || tr.Acked() != 70 {
 		t.Fatal("advanced past a pending commit")
 	}
 	tr.Ack(seq)
-	if tr.Confirmed() != 80 {
-		t.Fatalf("confirmed %d after ack, want 80", tr.Confirmed())
+	if tr.Acked() != 80 {
+		t.Fatalf("confirmed %d after ack, want 80", tr.Acked())
 	}
 	if !tr.AdvanceIdle(90) {
 		t.Fatal("did not advance once idle")
 	}
-	if tr.AdvanceIdle(85) || tr.Confirmed() != 90 {
+	if tr.AdvanceIdle(85) || tr.Acked() != 90 {
 		t.Fatal("moved backwards")
 	}
 }
@@ -153,24 +153,48 @@ func BenchmarkReserveAck(b *testing.B) {
 	}
 }
 
-// An event too large for the byte cap is admitted alone; its size must come
-// back out of the in-flight bytes exactly when acked, even past 2 GiB (the
-// size of a 1 GB row counted twice), or the cap would never free again.
-func TestHugeEventReleasesItsBytes(t *testing.T) {
-	tr := New(4, 1<<20, 0)
-	const huge = 3 << 30
-	seq, ok := tr.TryReserve(huge)
-	if !ok {
-		t.Fatal("an event larger than the cap must be admitted when nothing is in flight")
-	}
-	if got := tr.Stats().InflightBytes; got != huge {
-		t.Fatalf("in-flight bytes %d, want %d", got, huge)
-	}
+func TestConfirmedWaitsForDurable(t *testing.T) {
+	tr := New(10, 1<<20, 50)
+	seq, _ := tr.TryReserve(10)
+	tr.Commit(80, time.Time{})
 	tr.Ack(seq)
-	if got := tr.Stats().InflightBytes; got != 0 {
-		t.Fatalf("in-flight bytes after the ack: %d, want 0", got)
+	if tr.Acked() != 80 || tr.Confirmed() != 50 {
+		t.Fatalf("acked %s confirmed %s, want 0/50 confirmed until a record vouches for 0/80", tr.Acked(), tr.Confirmed())
 	}
-	if _, ok := tr.TryReserve(100); !ok {
-		t.Fatal("the cap did not free after the huge event was acked")
+	select {
+	case <-tr.Progress():
+	default:
+		t.Fatal("acked moved without a progress signal")
+	}
+	tr.MarkDurable(90) // beyond acked: no record can vouch for unacked events
+	if tr.Confirmed() != 50 {
+		t.Fatalf("confirmed %s after a durable mark beyond acked", tr.Confirmed())
+	}
+	tr.MarkDurable(80)
+	tr.MarkDurable(60)
+	if tr.Confirmed() != 80 {
+		t.Fatalf("confirmed %s, want 0/50", tr.Confirmed())
+	}
+}
+
+func TestResetAbandonsInFlight(t *testing.T) {
+	tr := New(4, 1<<20, 10)
+	old, _ := tr.TryReserve(10)
+	tr.Commit(20, time.Time{})
+	if got := tr.Reset(5); got != 10 {
+		t.Fatalf("reset to %s, want the durable 0/A (never back)", got)
+	}
+	tr.Ack(old) // a late ack from the abandoned attempt
+	if !tr.Idle() || tr.Acked() != 10 {
+		t.Fatalf("idle %v acked %s after a stale ack", tr.Idle(), tr.Acked())
+	}
+	seq, ok := tr.TryReserve(10)
+	if !ok || seq == old {
+		t.Fatalf("reserve after reset: %d %v", seq, ok)
+	}
+	tr.Commit(30, time.Time{})
+	tr.Ack(seq)
+	if tr.Acked() != 30 || tr.Stats().Attempt != 1 {
+		t.Fatalf("acked %s attempt %d", tr.Acked(), tr.Stats().Attempt)
 	}
 }

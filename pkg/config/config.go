@@ -36,6 +36,10 @@ type Postgres struct {
 	// standbys with sync_replication_slots keep a copy of, so the relay
 	// carries on from it after a promotion.
 	SlotFailover bool `mapstructure:"slot_failover"`
+	// OnSlotLost says what to do when the slot is missing, belongs to
+	// another database, or is ahead of the relay's progress record: events
+	// may be missing, so the default stops rather than skips.
+	OnSlotLost OnSlotLost `mapstructure:"on_slot_lost"`
 }
 
 // Kafka configures the producer. Delivery settings that the guarantees depend on
@@ -47,8 +51,11 @@ type Kafka struct {
 	Partitioner     Partitioner `mapstructure:"partitioner"`
 	Compression     Compression `mapstructure:"compression"`
 	MaxMessageBytes int         `mapstructure:"max_message_bytes"`
-	TLS             TLS         `mapstructure:"tls"`
-	SASL            SASL        `mapstructure:"sasl"`
+	// ProgressTopic holds the relay's progress records (compacted, one
+	// partition, created when missing).
+	ProgressTopic string `mapstructure:"progress_topic"`
+	TLS           TLS    `mapstructure:"tls"`
+	SASL          SASL   `mapstructure:"sasl"`
 
 	// OnUnpublishable is the fate of an event that can never be published
 	// as it is (an illegal topic name, a topic the brokers refuse, an

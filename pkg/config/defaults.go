@@ -25,6 +25,7 @@ func Default() Config {
 			CreatePublication: true,
 			CreateSlot:        true,
 			SlotFailover:      false,
+			OnSlotLost:        SlotLostFail,
 		},
 		Kafka: Kafka{
 			ClientID:        "relay",
@@ -32,6 +33,7 @@ func Default() Config {
 			Partitioner:     PartitionerMurmur2,
 			Compression:     CompressionNone,
 			MaxMessageBytes: 1000000,
+			ProgressTopic:   "relay.progress",
 			// OnUnpublishable and its deprecated name Oversized stay empty:
 			// empty is how an explicit choice is told apart, so that the two
 			// can be checked against each other; Kafka.Unpublishable gives

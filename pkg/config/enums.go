@@ -167,3 +167,15 @@ func oneOf[T ~string](v T, allowed ...T) error {
 	}
 	return fmt.Errorf("%q must be %s", string(v), list)
 }
+
+// OnSlotLost is postgres.on_slot_lost: what to do when the slot can no
+// longer hold every event the relay has not published.
+type OnSlotLost string
+
+const (
+	SlotLostFail     OnSlotLost = "fail"     // stop and say what may be missing
+	SlotLostRecreate OnSlotLost = "recreate" // carry on from what Postgres holds now, naming the gap
+)
+
+// Validate reports a value that is not one of the constants.
+func (o OnSlotLost) Validate() error { return oneOf(o, SlotLostFail, SlotLostRecreate) }

@@ -116,6 +116,9 @@ func (pg Postgres) Validate() error {
 	if err := checkIdent(pg.Publication); err != nil {
 		p.add("postgres.publication", "%v", err)
 	}
+	if err := pg.OnSlotLost.Validate(); err != nil {
+		p.add("postgres.on_slot_lost", "%v", err)
+	}
 	return p.err()
 }
 
@@ -156,6 +159,9 @@ func (k Kafka) Validate() error {
 	}
 	if policy, key := k.Unpublishable(); policy == UnpublishableDeadLetter && k.DeadLetterTopic == "" {
 		p.add("kafka.dead_letter_topic", "required with %s dead_letter", key)
+	}
+	if t := k.ProgressTopic; !topicName.MatchString(t) || t == "." || t == ".." {
+		p.add("kafka.progress_topic", "%q is not a valid Kafka topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')", t)
 	}
 	if t := k.DeadLetterTopic; t != "" && (!topicName.MatchString(t) || t == "." || t == "..") {
 		p.add("kafka.dead_letter_topic", "%q is not a valid Kafka topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')", t)

@@ -140,15 +140,6 @@ func enableFailover(ctx context.Context, pg config.Postgres) error {
 	return nil
 }
 
-// createSlotSQL creates the slot, as a failover slot when configured (the
-// arguments are temporary, two_phase, failover).
-func createSlotSQL(pg config.Postgres) string {
-	if pg.SlotFailover {
-		return "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
-	}
-	return "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
-}
-
 // exportSlotOptions are CREATE_REPLICATION_SLOT's options after the plugin
 // for a slot with an exported snapshot. FAILOVER exists only in the
 // parenthesized syntax (PostgreSQL 15+, and 17+ for FAILOVER).

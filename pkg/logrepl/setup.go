@@ -62,84 +62,76 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotState, erro
 	return s, nil
 }
 
-// Prepare checks the database can serve the relay and creates the publication
-// and slot when configured to. It returns the slot's confirmed position.
-// Problems a human must fix are fatal; the rest (connection trouble) retryable.
-func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log logger) (pglogrepl.LSN, error) {
+// Prepare checks the database can serve the relay, creates the publication
+// when configured to, and returns the slot's state; creating a missing slot
+// is the caller's decision, because only the progress record can tell a
+// first start from a slot that was lost. Problems a human must fix are fatal;
+// the rest (connection trouble) retryable.
+func Prepare(ctx context.Context, pg config.Postgres, tables []config.Table, log logger) (SlotState, error) {
 	// A blackholed host would otherwise hang here for the kernel's TCP
 	// timeout; a bounded attempt turns it into a retry with a clear reason.
 	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, pg.URL.Reveal())
 	if err != nil {
-		return 0, classify(fmt.Errorf("connecting to postgres %s: %s", pg.URL.Redacted(), pg.URL.RedactError(err)), err)
+		return SlotState{}, classify(fmt.Errorf("connecting to postgres %s: %s", pg.URL.Redacted(), pg.URL.RedactError(err)), err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
 	if err := CheckPrimary(ctx, conn.PgConn()); err != nil {
-		return 0, err
+		return SlotState{}, err
 	}
 	if err := CheckWALLevel(ctx, conn); err != nil {
-		return 0, err
+		return SlotState{}, err
 	}
 	if err := CheckRole(ctx, conn); err != nil {
-		return 0, err
+		return SlotState{}, err
 	}
 
 	for _, t := range tables {
 		if _, err := CheckTable(ctx, conn, t); err != nil {
-			return 0, err
+			return SlotState{}, err
 		}
 	}
 	if err := ensurePublication(ctx, conn, pg, tables, log); err != nil {
-		return 0, err
+		return SlotState{}, err
 	}
 
 	st, err := ReadSlot(ctx, conn, pg.Slot)
 	if err != nil {
-		return 0, classify(err, err)
+		return st, classify(err, err)
 	}
 	var db string
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
-		return 0, classify(err, err)
+		return st, classify(err, err)
 	}
 	if err := CheckSlot(st, pg, db); err != nil {
-		return 0, err
+		return st, err
 	}
 	fo, err := ReadFailover(ctx, conn, pg.Slot)
 	if err != nil {
-		return 0, err
+		return SlotState{}, err
 	}
 	warnings, err := CheckFailover(fo, pg)
 	if err != nil {
-		return 0, err
+		return SlotState{}, err
 	}
 	if st.Active {
 		// Another relay streams (a hot standby waits here), or Postgres has
 		// not yet reaped a crashed instance's walsender. Saying so before
 		// connecting to Kafka keeps a waiting standby cheap.
-		return 0, fmt.Errorf("%w (PID %d)", ErrSlotActive, st.ActivePID)
+		return st, fmt.Errorf("%w (PID %d)", ErrSlotActive, st.ActivePID)
 	}
 	for _, w := range warnings {
 		log.Warn().Str("slot", pg.Slot).Msg(w)
 	}
 	if st.Exists && pg.SlotFailover && !fo.SlotFailover {
 		if err := enableFailover(ctx, pg); err != nil {
-			return 0, err
+			return SlotState{}, err
 		}
 		log.Info().Str("slot", pg.Slot).Msg("made the replication slot a failover slot (postgres.slot_failover: true)")
 	}
-	if !st.Exists {
-		var lsn string
-		err := conn.QueryRow(ctx, createSlotSQL(pg), pg.Slot).Scan(&lsn)
-		if err != nil {
-			return 0, classify(fmt.Errorf("creating replication slot %q: %w", pg.Slot, err), err)
-		}
-		l, _ := pglogrepl.ParseLSN(lsn)
-		log.Info().Str("slot", pg.Slot).Str("lsn", lsn).Msg("created replication slot; outbox rows committed from now on are relayed")
-		return l, nil
-	}
-	return st.Confirmed, nil
+	return st, nil
 }
 
 // The checks below are shared by Prepare and `relay check`, so the start-up

@@ -51,8 +51,9 @@ type Stats struct {
 	LastProgress atomic.Int64  // unix nanos of the newest message received or status sent
 }
 
-// Stream is one replication session. Create it per connection attempt.
+// Stream is one replication session on Conn. Create it per connection attempt.
 type Stream struct {
+	Conn     *ReplConn
 	PG       config.Postgres
 	Pipeline config.Pipeline
 	Decoder  *decode.Decoder
@@ -64,7 +65,6 @@ type Stream struct {
 	Tables []config.Table
 
 	conn     *pgconn.PgConn
-	gap      error     // set once the walsender says the publication is missing
 	catalog  *pgx.Conn // regular connection for catalog lookups, opened when first needed
 	received pglogrepl.LSN
 	sentLSN  pglogrepl.LSN
@@ -89,56 +89,17 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	if s.Stats == nil {
 		s.Stats = &Stats{}
 	}
-	connURL, err := replicationURL(s.PG.URL.Reveal())
-	if err != nil {
-		return fault.Fatal(err)
-	}
-	connCfg, err := pgconn.ParseConfig(connURL)
-	if err != nil {
-		return fault.Fatal(fmt.Errorf("postgres.url: %s", s.PG.URL.RedactError(err)))
-	}
-	// PostgreSQL 18's walsender does not fail when the publication is
-	// missing at a point of the WAL: it warns and skips the changes. The
-	// warning is the only sign of the gap, so it stops the stream before
-	// anything past it can be confirmed. pgconn calls this from within the
-	// reads of the goroutine that owns the connection.
-	connCfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
-		if s.gap == nil && strings.HasPrefix(n.Message, "skipped loading publication") {
-			s.gap = publicationGapError(s.PG, s.Tables, fmt.Sprintf("the walsender warned %q (%s%s): publication %q does not exist at that point of the WAL, it was dropped, and PostgreSQL skips every change there",
-				n.Message, n.Detail, where(n.Where), s.PG.Publication))
-		}
-	}
-	cctx, cancel := context.WithTimeout(hard, setupTimeout)
-	conn, err := pgconn.ConnectConfig(cctx, connCfg)
-	cancel()
-	if err != nil {
-		return classify(fmt.Errorf("replication connection to %s: %s", s.PG.URL.Redacted(), s.PG.URL.RedactError(err)), err)
-	}
+	conn := s.Conn.conn
 	s.conn = conn
 	s.Decoder.ResolvePartitions(s.ancestors)
 	defer s.closeCatalog()
-	defer func() {
-		s.Stats.Streaming.Store(false)
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(hard), 2*time.Second)
-		defer cancel()
-		_ = conn.Close(closeCtx)
-	}()
-
-	// Without target_session_attrs, or between Prepare and here, this can
-	// be a standby: on PostgreSQL 16+ it would decode from a local slot of
-	// the same name, or refuse a synchronized one.
-	cctx, cancel = context.WithTimeout(hard, setupTimeout)
-	err = CheckPrimary(cctx, conn)
-	cancel()
-	if err != nil {
-		return err
-	}
+	defer s.Stats.Streaming.Store(false)
 
 	args := []string{"proto_version '1'", publicationNames(s.PG.Publication), "messages 'true'"}
 	// Postgres streams from the later of this and the slot's confirmed
 	// position, skipping transactions that commit before it.
 	start := s.Tracker.Confirmed()
-	err = pglogrepl.StartReplication(hard, conn, s.PG.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
+	err := pglogrepl.StartReplication(hard, conn, s.PG.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
@@ -178,8 +139,8 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 			return hard.Err()
 		}
 		msg, err := conn.ReceiveMessage(context.Background())
-		if s.gap != nil {
-			return s.gap
+		if s.Conn.gap != nil {
+			return s.Conn.gap
 		}
 		if err != nil {
 			if hard.Err() != nil {
@@ -309,7 +270,10 @@ func (s *Stream) wait(hard context.Context, ch <-chan struct{}) error {
 func (s *Stream) drain(hard context.Context) error {
 	deadline := time.Now().Add(s.Pipeline.DrainTimeout)
 	s.Log.Info().Int("inflight", s.Tracker.Stats().InflightEvents).Msg("stopping: waiting for in-flight events to be acknowledged")
-	for !s.Tracker.Idle() {
+	// Acked events are confirmable once their progress record is in Kafka,
+	// which the progress writer does promptly: wait for that too, or the
+	// next start would send them again.
+	for !s.Tracker.Idle() || s.Tracker.Confirmed() != s.Tracker.Acked() {
 		if time.Now().After(deadline) {
 			st := s.Tracker.Stats()
 			s.Log.Warn().Int("inflight", st.InflightEvents).Dur("drain_timeout", s.Pipeline.DrainTimeout).
@@ -341,7 +305,7 @@ func (s *Stream) drain(hard context.Context) error {
 // wake is when the stream must next look at the confirmable position: soon
 // while events are in flight, otherwise at the regular status interval.
 func (s *Stream) wake() time.Time {
-	if s.Tracker.Confirmed() != s.sentLSN || !s.Tracker.Idle() {
+	if s.Tracker.Acked() != s.sentLSN || !s.Tracker.Idle() {
 		t := s.sentAt.Add(confirmGap)
 		if now := time.Now(); t.Before(now) {
 			// Acks have not moved the position since the last report: look
@@ -366,10 +330,10 @@ func (s *Stream) maybeStatus(force bool) error {
 }
 
 func (s *Stream) sendStatus(reply bool) error {
-	if s.gap != nil {
+	if s.Conn.gap != nil {
 		// Past the gap nothing may be confirmed, not even what was acked
 		// before it: the position reported by keepalives may lie beyond it.
-		return s.gap
+		return s.Conn.gap
 	}
 	confirmed := s.Tracker.Confirmed()
 	write := s.received
@@ -465,6 +429,9 @@ func (s *Stream) catchUpWithSlot(hard context.Context) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if st, err := ReadSlot(ctx, conn, s.PG.Slot); err == nil && st.Exists {
+		// The slot is only ever confirmed up to a progress record, so its
+		// position is durable by construction.
 		s.Tracker.AdvanceIdle(st.Confirmed)
+		s.Tracker.MarkDurable(st.Confirmed)
 	}
 }

@@ -5,8 +5,6 @@
 package metrics
 
 import (
-	"github.com/jackc/pglogrepl"
-
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -24,7 +22,6 @@ import (
 // State is the live pipeline state read at scrape time; *pipeline.Pipeline
 // implements it.
 type State interface {
-	// Tracker may return nil between attempts.
 	Tracker() *checkpoint.Tracker
 	Stream() *logrepl.Stats
 }
@@ -184,9 +181,6 @@ func (m *Metrics) Reconnect(component string) { m.reconnects.WithLabelValues(com
 type stateCollector struct {
 	state State
 	now   func() time.Time
-	// lastConfirmed keeps relay_confirmed_lsn steady while the pipeline is
-	// between attempts and has no tracker to ask.
-	lastConfirmed atomic.Uint64
 }
 
 var (
@@ -206,13 +200,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	var st checkpoint.Stats
-	if tr := c.state.Tracker(); tr != nil {
-		st = tr.Stats()
-		c.lastConfirmed.Store(uint64(st.Confirmed))
-	} else {
-		st.Confirmed = pglogrepl.LSN(c.lastConfirmed.Load())
-	}
+	st := c.state.Tracker().Stats()
 	lag := 0.0
 	if !st.LastCommit.IsZero() {
 		lag = max(c.now().Sub(st.LastCommit).Seconds(), 0)

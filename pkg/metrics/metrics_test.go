@@ -132,14 +132,14 @@ func TestStateGauges(t *testing.T) {
 	m := New("dev")
 	clock := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	m.now = func() time.Time { return clock }
-	st := &fakeState{}
+	st := &fakeState{tr: checkpoint.New(10, 1<<20, 0)}
 	m.Watch(st)
 
 	gauges := []string{"relay_inflight_events", "relay_inflight_bytes", "relay_confirmed_lsn", "relay_received_lsn", "relay_replication_lag_seconds"}
-	// Between attempts there is no tracker: in-flight reads 0.
+	// Before the first attempt: in-flight reads 0.
 	compare(t, m, gauges, map[string]float64{"relay_inflight_events": 0, "relay_inflight_bytes": 0, "relay_confirmed_lsn": 0, "relay_received_lsn": 0, "relay_replication_lag_seconds": 0})
 
-	st.tr = checkpoint.New(10, 1<<20, 1000)
+	st.tr.Reset(1000)
 	st.stats.ReceivedLSN.Store(5000)
 	s1, _ := st.tr.TryReserve(100)
 	st.tr.TryReserve(50)
@@ -148,14 +148,16 @@ func TestStateGauges(t *testing.T) {
 	compare(t, m, gauges, map[string]float64{"relay_inflight_events": 1, "relay_inflight_bytes": 50, "relay_confirmed_lsn": 1000, "relay_received_lsn": 5000, "relay_replication_lag_seconds": 0})
 
 	st.tr.Ack(s1 + 1)
+	st.tr.MarkDurable(2000)
 	compare(t, m, gauges, map[string]float64{"relay_inflight_events": 0, "relay_inflight_bytes": 0, "relay_confirmed_lsn": 2000, "relay_received_lsn": 5000, "relay_replication_lag_seconds": 1.5})
 
 	// Idle and caught up: the lag is 0, not the age of the last transaction.
 	st.tr.AdvanceIdle(6000)
+	st.tr.MarkDurable(6000)
 	compare(t, m, gauges, map[string]float64{"relay_inflight_events": 0, "relay_inflight_bytes": 0, "relay_confirmed_lsn": 6000, "relay_received_lsn": 5000, "relay_replication_lag_seconds": 0})
 
-	// The confirmed position survives the gap between attempts.
-	st.tr = nil
+	// The confirmed position survives the next attempt's reset.
+	st.tr.Reset(6000)
 	compare(t, m, gauges, map[string]float64{"relay_inflight_events": 0, "relay_inflight_bytes": 0, "relay_confirmed_lsn": 6000, "relay_received_lsn": 5000, "relay_replication_lag_seconds": 0})
 }
 

@@ -1,17 +1,23 @@
 // Package pipeline runs logrepl -> decode -> sink with acks flowing back to the
-// checkpoint tracker, and restarts the whole chain from the slot's confirmed
-// position after retryable failures.
+// checkpoint tracker, and restarts the whole chain after retryable failures.
 //
-// Each attempt is built from scratch: a fresh tracker starting at the slot's
-// confirmed LSN, a fresh producer and a fresh replication connection. Nothing
-// unconfirmed survives an attempt, so a restart can only re-send the unacked
-// tail (duplicates), never skip an event. Fatal errors end Run; a cancelled
-// context starts a clean stop: finish the open transaction, wait for acks up to
-// the drain timeout, confirm, return nil.
+// Each attempt reads the relay's progress record from Kafka, compares it with
+// the slot (checkpoint.Decide: a slot that is missing or ahead of the record
+// is fatal, never silently recreated), resets the process's one tracker to
+// the start it chose, and builds a fresh producer and replication session.
+// Nothing unconfirmed survives an attempt, so a restart can only re-send the
+// unacked tail (duplicates), never skip an event. While streaming, a progress
+// writer turns acked positions into records; only those may be confirmed to
+// Postgres. Fatal errors end Run; a cancelled context starts a clean stop:
+// finish the open transaction, wait for acks and their record up to the drain
+// timeout, confirm, return nil.
 package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -39,27 +45,34 @@ type Observer interface {
 // Pipeline is a restartable relay pipeline.
 type Pipeline struct {
 	cfg     *config.Config
+	version string
 	log     zerolog.Logger
 	obs     Observer
 	stats   logrepl.Stats
-	tracker atomic.Pointer[checkpoint.Tracker]
-	// confirmed is the newest position an earlier attempt of this process
-	// confirmed: every transaction before it is in Kafka.
-	confirmed atomic.Uint64
-	kafkaUp   atomic.Bool
-	standby   atomic.Bool
+	// tracker outlives attempts: it is the one holder of the acked and
+	// confirmed positions, reset from the progress record by each attempt.
+	tracker *checkpoint.Tracker
+	kafkaUp atomic.Bool
+	standby atomic.Bool
+	// streamed is set once an attempt streamed from the slot: a slot missing
+	// after that vanished under the running relay. Only Run's goroutine
+	// touches it.
+	streamed bool
 }
 
-// New returns a pipeline for cfg.
-func New(cfg *config.Config, obs Observer, log zerolog.Logger) *Pipeline {
-	return &Pipeline{cfg: cfg, obs: obs, log: log}
+// New returns a pipeline for cfg; version goes into progress records.
+func New(cfg *config.Config, version string, obs Observer, log zerolog.Logger) *Pipeline {
+	return &Pipeline{
+		cfg: cfg, version: version, obs: obs, log: log,
+		tracker: checkpoint.New(cfg.Pipeline.MaxInflightEvents, cfg.Pipeline.MaxInflightBytes, 0),
+	}
 }
 
 // Stream returns the replication stream's live statistics.
 func (p *Pipeline) Stream() *logrepl.Stats { return &p.stats }
 
-// Tracker returns the current attempt's tracker, or nil between attempts.
-func (p *Pipeline) Tracker() *checkpoint.Tracker { return p.tracker.Load() }
+// Tracker returns the tracker of acked and confirmed positions.
+func (p *Pipeline) Tracker() *checkpoint.Tracker { return p.tracker }
 
 // KafkaConnected reports whether the current attempt's producer connected.
 func (p *Pipeline) KafkaConnected() bool { return p.kafkaUp.Load() }
@@ -110,30 +123,37 @@ func (p *Pipeline) Run(stop context.Context) error {
 const standbyPoll = 5 * time.Second
 
 func (p *Pipeline) attempt(stop context.Context) error {
-	defer p.tracker.Store(nil)
 	defer p.kafkaUp.Store(false)
-	start, err := logrepl.Prepare(stop, p.cfg.Postgres, p.cfg.Outbox, &p.log)
+	pg := p.cfg.Postgres
+	slot, err := logrepl.Prepare(stop, pg, p.cfg.Outbox, &p.log)
 	if err != nil {
 		if !errors.Is(err, logrepl.ErrSlotActive) { // waiting is not reconnecting
 			p.reconnect("postgres")
 		}
 		return err
 	}
-	// PostgreSQL 15 and 16 do not write a logical slot's confirmed position
-	// at shutdown, so after a Postgres restart the slot can be behind what
-	// this process confirmed. Starting from our own position, which only
-	// ever covers acked transactions, spares re-sending them.
-	if c := pglogrepl.LSN(p.confirmed.Load()); c > start {
-		p.log.Info().Stringer("slot", start).Stringer("from", c).
-			Msg("slot is behind what this process confirmed (not yet persisted by Postgres); resuming from the confirmed position")
-		start = c
+	rc, err := logrepl.Dial(stop, pg, p.cfg.Outbox)
+	if err != nil {
+		p.reconnect("postgres")
+		return err
 	}
-	tr := checkpoint.New(p.cfg.Pipeline.MaxInflightEvents, p.cfg.Pipeline.MaxInflightBytes, start)
-	defer func() {
-		if c := uint64(tr.Confirmed()); c > p.confirmed.Load() {
-			p.confirmed.Store(c)
-		}
-	}()
+	defer rc.Close()
+	store, err := sink.OpenProgress(p.cfg.Kafka)
+	if err != nil {
+		p.reconnect("kafka")
+		return err
+	}
+	defer store.Close()
+	base := checkpoint.Record{
+		Slot: pg.Slot, SystemID: rc.System.SystemID, Timeline: rc.System.Timeline,
+		Version: p.version, Fingerprint: Fingerprint(p.cfg),
+	}
+	start, err := p.resume(stop, slot, rc, store, base)
+	if err != nil {
+		return err
+	}
+	p.tracker.Reset(start)
+
 	dec, err := decode.NewDecoder(p.cfg.Outbox, p.cfg.Messages, p.log)
 	if err != nil {
 		return fault.Fatal(err)
@@ -142,13 +162,12 @@ func (p *Pipeline) attempt(stop context.Context) error {
 	if p.obs != nil {
 		sobs = p.obs
 	}
-	prod, err := sink.NewProducer(p.cfg.Kafka, tr, sobs, p.log)
+	prod, err := sink.NewProducer(p.cfg.Kafka, p.tracker, sobs, p.log)
 	if err != nil {
 		p.reconnect("kafka")
 		return err
 	}
 	p.kafkaUp.Store(true)
-	p.tracker.Store(tr)
 
 	hard, cancelHard := context.WithCancel(context.Background())
 	defer cancelHard()
@@ -160,10 +179,13 @@ func (p *Pipeline) attempt(stop context.Context) error {
 
 	g, gctx := errgroup.WithContext(hard)
 	events := make(chan *decode.Event, 1024)
-	st := &logrepl.Stream{PG: p.cfg.Postgres, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: tr, Stats: &p.stats, Log: p.log, Tables: p.cfg.Outbox}
+	streamDone := make(chan struct{})
+	st := &logrepl.Stream{Conn: rc, PG: pg, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: p.tracker, Stats: &p.stats, Log: p.log, Tables: p.cfg.Outbox}
 	g.Go(func() error {
+		defer close(streamDone)
+		p.streamed = true
 		err := st.Run(gctx, stop, events)
-		if err == nil && !tr.Idle() {
+		if err == nil && !p.tracker.Idle() {
 			// Drain timed out: what is still in flight is abandoned to the
 			// next start, so the producer need not wait for it.
 			cancelHard()
@@ -184,7 +206,122 @@ func (p *Pipeline) attempt(stop context.Context) error {
 		}
 		return err
 	})
+	g.Go(func() error { return p.writeProgress(gctx, streamDone, store, base) })
 	return g.Wait()
+}
+
+// resume decides where this attempt streams from, creating the slot when
+// that is what the progress record allows, and makes sure a progress record
+// vouches for the start before anything is confirmed.
+func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logrepl.ReplConn, store *sink.ProgressStore, base checkpoint.Record) (pglogrepl.LSN, error) {
+	pg := p.cfg.Postgres
+	loaded, err := store.Load(ctx, pg.Slot, base.SystemID)
+	if err != nil {
+		p.reconnect("kafka")
+		return 0, err
+	}
+	in := checkpoint.Resume{
+		Slot: pg.Slot, SlotExists: slot.Exists, SlotConfirmed: slot.Confirmed,
+		SystemID: base.SystemID, Timeline: base.Timeline, Fingerprint: base.Fingerprint,
+		Others: loaded.Others, Streamed: p.streamed, Recreate: pg.OnSlotLost == config.SlotLostRecreate,
+	}
+	if loaded.Found {
+		in.Record = &loaded.Record
+	}
+	d, err := checkpoint.Decide(in)
+	if err != nil {
+		return 0, fault.Fatal(err)
+	}
+	for _, w := range d.Warnings {
+		p.log.Warn().Str("slot", pg.Slot).Msg(w)
+	}
+	start := d.Start
+	if d.CreateSlot {
+		if !pg.CreateSlot {
+			return 0, fault.Fatal(fmt.Errorf("replication slot %q does not exist and postgres.create_slot is false (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'))", pg.Slot, pg.Slot))
+		}
+		created, err := rc.CreateSlot(ctx, pg.Slot, logrepl.SlotOptions{Failover: pg.SlotFailover})
+		if err != nil {
+			p.reconnect("postgres")
+			return 0, err
+		}
+		start = created.ConsistentPoint
+		p.log.Info().Str("slot", pg.Slot).Stringer("lsn", start).Msg("created replication slot; outbox rows committed from now on are relayed")
+	}
+	if !loaded.Found || loaded.Record.LSN != start {
+		rec := base
+		rec.LSN, rec.Time = start, time.Now()
+		if err := store.Save(ctx, rec); err != nil {
+			p.reconnect("kafka")
+			return 0, err
+		}
+	}
+	if slot.Exists && start > slot.Confirmed {
+		// PostgreSQL 15 and 16 do not write a logical slot's confirmed
+		// position at shutdown; Postgres skips what commits before start.
+		p.log.Info().Stringer("slot", slot.Confirmed).Stringer("from", start).
+			Msg("slot is behind the progress record (Postgres did not persist its position); resuming from the record")
+	}
+	return start, nil
+}
+
+// writeProgress makes acked positions durable: it writes a progress record
+// whenever Acked moves (at most every confirmGap) and only then lets the
+// tracker confirm the position. It ends when the stream has finished, whose
+// drain waits for the last record.
+func (p *Pipeline) writeProgress(ctx context.Context, streamDone <-chan struct{}, store *sink.ProgressStore, base checkpoint.Record) error {
+	tr := p.tracker
+	written := tr.Confirmed()
+	var last time.Time
+	for {
+		select {
+		case <-tr.Progress():
+		case <-streamDone:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+		if wait := time.Until(last.Add(confirmGap)); wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-streamDone:
+				return nil
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		acked := tr.Acked()
+		if acked <= written {
+			continue
+		}
+		rec := base
+		rec.LSN, rec.Time = acked, time.Now()
+		if err := store.Save(ctx, rec); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			p.reconnect("kafka")
+			return err
+		}
+		last, written = time.Now(), acked
+		tr.MarkDurable(acked)
+	}
+}
+
+// confirmGap spaces progress records while acks move: a crash re-sends at
+// most what was acked within it, and the record costs one small write per gap.
+const confirmGap = 20 * time.Millisecond
+
+// Fingerprint identifies the publication and the table and message mapping,
+// so that a relay taking over a slot with another mapping can say so.
+func Fingerprint(cfg *config.Config) string {
+	b, _ := json.Marshal(struct {
+		Publication string
+		Outbox      []config.Table
+		Messages    []config.Message
+	}{cfg.Postgres.Publication, cfg.Outbox, cfg.Messages})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }
 
 func (p *Pipeline) reconnect(component string) {

@@ -1,0 +1,227 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/relay-dev/relay/pkg/checkpoint"
+	"github.com/relay-dev/relay/pkg/config"
+)
+
+// ProgressStore keeps the relay's progress records in a compacted Kafka
+// topic, on a client of its own so that the event producer failing (and
+// closing its client) cannot take the record of what was acked with it.
+type ProgressStore struct {
+	topic  string
+	client sarama.Client
+	ap     sarama.AsyncProducer
+}
+
+// progressTopicConfig makes the topic keep the newest record per key and
+// compact soon: start-up reads back from the end, and a small active
+// segment keeps what it reads short.
+var progressTopicConfig = map[string]*string{
+	"cleanup.policy":            ptr("compact"),
+	"segment.ms":                ptr("600000"),
+	"min.cleanable.dirty.ratio": ptr("0.1"),
+}
+
+func ptr(s string) *string { return &s }
+
+// OpenProgress connects to the brokers and makes sure the progress topic
+// exists. Failing to reach the brokers is retryable.
+func OpenProgress(k config.Kafka) (*ProgressStore, error) {
+	sc, err := SaramaConfig(k)
+	if err != nil {
+		return nil, err
+	}
+	sc.Producer.Partitioner = sarama.NewManualPartitioner
+	sc.Producer.Return.Successes = true
+	// Records of an aborted exactly-once transaction never happened.
+	sc.Consumer.IsolationLevel = sarama.ReadCommitted
+	sc.Consumer.Return.Errors = true
+	// This is an attempt's first Kafka connection: test the credentials once
+	// here, before sarama's retries turn a wrong password into dozens of
+	// failed logins.
+	if err := Handshake(k, sc); err != nil {
+		return nil, err
+	}
+	client, err := sarama.NewClient(k.Brokers, sc)
+	if err != nil {
+		return nil, classify(fmt.Errorf("connecting to kafka brokers %v for the progress topic: %w", k.Brokers, err))
+	}
+	s := &ProgressStore{topic: k.ProgressTopic, client: client}
+	if err := s.ensureTopic(); err != nil {
+		client.Close()
+		return nil, err
+	}
+	if s.ap, err = sarama.NewAsyncProducerFromClient(client); err != nil {
+		client.Close()
+		return nil, classify(fmt.Errorf("progress topic %s: %w", s.topic, err))
+	}
+	return s, nil
+}
+
+func (s *ProgressStore) ensureTopic() error {
+	if err := s.client.RefreshMetadata(s.topic); err == nil {
+		if parts, err := s.client.Partitions(s.topic); err == nil && len(parts) > 0 {
+			return nil
+		}
+	}
+	admin, err := sarama.NewClusterAdminFromClient(s.client)
+	if err != nil {
+		return classify(fmt.Errorf("progress topic %s: %w", s.topic, err))
+	}
+	// Closing the admin would close the shared client.
+	err = admin.CreateTopic(s.topic, &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: -1, ConfigEntries: progressTopicConfig}, false)
+	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+		return classify(fmt.Errorf("creating progress topic %s (kafka.progress_topic; the relay needs CREATE on it, or create it with cleanup.policy=compact and one partition): %w", s.topic, err))
+	}
+	if err := s.client.RefreshMetadata(s.topic); err != nil {
+		return classify(fmt.Errorf("progress topic %s: %w", s.topic, err))
+	}
+	return nil
+}
+
+// Close releases the store's connections.
+func (s *ProgressStore) Close() {
+	if s.ap != nil {
+		s.ap.AsyncClose()
+		for range s.ap.Successes() {
+		}
+	}
+	_ = s.client.Close()
+}
+
+// Save writes rec and returns once Kafka acknowledged it (acks=all).
+func (s *ProgressStore) Save(ctx context.Context, rec checkpoint.Record) error {
+	msg := &sarama.ProducerMessage{Topic: s.topic, Partition: 0, Key: sarama.ByteEncoder(rec.Key()), Value: sarama.ByteEncoder(rec.Marshal())}
+	select {
+	case s.ap.Input() <- msg:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-s.ap.Successes():
+		return nil
+	case perr := <-s.ap.Errors():
+		return classify(fmt.Errorf("writing progress record to %s: %w", s.topic, perr.Err))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Loaded is what the progress topic holds for a slot.
+type Loaded struct {
+	Record checkpoint.Record
+	Found  bool
+	// Others are the newest records of the same slot name under other
+	// system identifiers: another database used this slot name and topic.
+	Others []checkpoint.Record
+}
+
+// Load returns the newest record for slot in the database cluster systemID.
+// It reads the topic backwards in growing windows, so its cost follows the
+// records written since the last compaction, not the topic's history.
+func (s *ProgressStore) Load(ctx context.Context, slot, systemID string) (Loaded, error) {
+	var out Loaded
+	oldest, err := s.client.GetOffset(s.topic, 0, sarama.OffsetOldest)
+	if err != nil {
+		return out, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
+	}
+	newest, err := s.client.GetOffset(s.topic, 0, sarama.OffsetNewest)
+	if err != nil {
+		return out, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
+	}
+	consumer, err := sarama.NewConsumerFromClient(s.client)
+	if err != nil {
+		return out, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
+	}
+	defer consumer.Close()
+	want := string(checkpoint.RecordKey(slot, systemID))
+	others := map[string]checkpoint.Record{}
+	window := int64(256)
+	decided := false // the newest record or tombstone for want was seen
+	for end := newest; end > oldest && !decided; window *= 4 {
+		from := max(oldest, end-window)
+		recs, err := s.readRange(ctx, consumer, from, end)
+		if err != nil {
+			return out, err
+		}
+		for _, m := range recs {
+			k := string(m.Key)
+			if m.Value == nil {
+				// A tombstone deletes the record: nothing older counts.
+				decided = decided || k == want
+				continue
+			}
+			if k != want {
+				if s2, sys, ok := checkpoint.SplitRecordKey(m.Key); ok && s2 == slot && sys != systemID {
+					if r, err := checkpoint.UnmarshalRecord(m.Value); err == nil {
+						if _, seen := others[k]; !seen {
+							others[k] = r
+						}
+					}
+				}
+				continue
+			}
+			if decided {
+				continue
+			}
+			r, err := checkpoint.UnmarshalRecord(m.Value)
+			if err != nil {
+				return out, fmt.Errorf("progress topic %s offset %d: %w", s.topic, m.Offset, err)
+			}
+			out.Record, out.Found, decided = r, true, true
+		}
+		end = from
+	}
+	for _, r := range others {
+		out.Others = append(out.Others, r)
+	}
+	return out, nil
+}
+
+// readRange returns the records at offsets [from, end), newest first. Under
+// read_committed, transaction markers and aborted records leave gaps, so the
+// read also ends once nothing more arrives for a moment.
+func (s *ProgressStore) readRange(ctx context.Context, consumer sarama.Consumer, from, end int64) ([]*sarama.ConsumerMessage, error) {
+	pc, err := consumer.ConsumePartition(s.topic, 0, from)
+	if err != nil {
+		return nil, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
+	}
+	defer pc.Close()
+	var got []*sarama.ConsumerMessage
+	quiet := time.NewTimer(5 * time.Second)
+	defer quiet.Stop()
+	for {
+		select {
+		case m := <-pc.Messages():
+			if m.Offset >= end {
+				return reverse(got), nil
+			}
+			got = append(got, m)
+			if m.Offset+1 >= end {
+				return reverse(got), nil
+			}
+			quiet.Reset(500 * time.Millisecond)
+		case cerr := <-pc.Errors():
+			return nil, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, cerr.Err))
+		case <-quiet.C:
+			return reverse(got), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func reverse(ms []*sarama.ConsumerMessage) []*sarama.ConsumerMessage {
+	for i, j := 0, len(ms)-1; i < j; i, j = i+1, j-1 {
+		ms[i], ms[j] = ms[j], ms[i]
+	}
+	return ms
+}
