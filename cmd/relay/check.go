@@ -78,6 +78,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 	checkPostgres(ctx, c, cfg)
 	checkKafka(c, cfg)
+	checkProgressTopic(c, cfg)
 
 	if c.failed > 0 {
 		fmt.Fprintf(stdout, "\n%d check(s) failed\n", c.failed)
@@ -457,6 +458,33 @@ func brokerAutoCreate(client sarama.Client, admin sarama.ClusterAdmin) (enabled,
 }
 
 // cmdStatus prints the slot's state for operators.
+// checkProgressTopic checks the topic that holds the relay's progress
+// records: without it the relay cannot start, and a topic that is not
+// compacted grows forever.
+func checkProgressTopic(c *checklist, cfg *config.Config) {
+	what := "progress topic " + cfg.Kafka.ProgressTopic
+	store, err := sink.OpenProgress(cfg.Kafka, false)
+	switch {
+	case errors.Is(err, sink.ErrNoProgressTopic):
+		c.ok(what, "created on first start (one partition, cleanup.policy=compact); the relay needs CREATE on it, or create it so")
+		return
+	case err != nil:
+		c.fail(what, err.Error(), "check kafka.brokers and that the relay may DESCRIBE, READ and WRITE the topic")
+		return
+	}
+	defer store.Close()
+	policy, err := store.CleanupPolicy()
+	switch {
+	case err != nil:
+		c.warn(what, "cannot read its cleanup.policy: "+err.Error(), "")
+	case !strings.Contains(policy, "compact"):
+		c.warn(what, fmt.Sprintf("cleanup.policy is %q: the relay writes a record many times a second, which only compaction keeps small", policy),
+			"kafka-configs.sh --alter --entity-type topics --entity-name "+cfg.Kafka.ProgressTopic+" --add-config cleanup.policy=compact")
+	default:
+		c.ok(what, "exists, cleanup.policy "+policy)
+	}
+}
+
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := loadConfig("status", args, stderr)
 	if err != nil {
@@ -502,5 +530,35 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		// promoted standby's.
 		fmt.Fprintf(stdout, "failover:      %t (synced %t, synchronized_standby_slots %q)\n", fo.SlotFailover, fo.SlotSynced, fo.StandbySlots)
 	}
+	printProgress(cctx, stdout, cfg)
 	return nil
+}
+
+// printProgress prints the relay's progress record next to the slot: the
+// slot may lag it (Postgres before 17 does not persist the slot at
+// shutdown), but must never be ahead of it.
+func printProgress(ctx context.Context, stdout io.Writer, cfg *config.Config) {
+	rc, err := logrepl.Dial(ctx, cfg.Postgres, cfg.Outbox)
+	if err != nil {
+		fmt.Fprintf(stdout, "progress:      unknown (%v)\n", err)
+		return
+	}
+	defer rc.Close()
+	store, err := sink.OpenProgress(cfg.Kafka, false)
+	if err != nil {
+		fmt.Fprintf(stdout, "progress:      unknown (%v)\n", err)
+		return
+	}
+	defer store.Close()
+	loaded, err := store.Load(ctx, cfg.Postgres.Slot, rc.System.SystemID)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stdout, "progress:      unknown (%v)\n", err)
+	case !loaded.Found:
+		fmt.Fprintf(stdout, "progress:      no record for slot %s in system %s (topic %s)\n", cfg.Postgres.Slot, rc.System.SystemID, cfg.Kafka.ProgressTopic)
+	default:
+		r := loaded.Record
+		fmt.Fprintf(stdout, "progress_lsn:  %s (written %s by relay %s, timeline %d, system %s, fingerprint %s)\n",
+			r.LSN, r.Time.Format(time.RFC3339), r.Version, r.Timeline, r.SystemID, r.Fingerprint)
+	}
 }

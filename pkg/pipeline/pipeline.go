@@ -138,7 +138,7 @@ func (p *Pipeline) attempt(stop context.Context) error {
 		return err
 	}
 	defer rc.Close()
-	store, err := sink.OpenProgress(p.cfg.Kafka)
+	store, err := sink.OpenProgress(p.cfg.Kafka, true)
 	if err != nil {
 		p.reconnect("kafka")
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -32,9 +33,13 @@ var progressTopicConfig = map[string]*string{
 
 func ptr(s string) *string { return &s }
 
-// OpenProgress connects to the brokers and makes sure the progress topic
-// exists. Failing to reach the brokers is retryable.
-func OpenProgress(k config.Kafka) (*ProgressStore, error) {
+// ErrNoProgressTopic is OpenProgress's answer, without create, when the
+// progress topic does not exist.
+var ErrNoProgressTopic = errors.New("progress topic does not exist")
+
+// OpenProgress connects to the brokers and, with create, makes sure the
+// progress topic exists. Failing to reach the brokers is retryable.
+func OpenProgress(k config.Kafka, create bool) (*ProgressStore, error) {
 	sc, err := SaramaConfig(k)
 	if err != nil {
 		return nil, err
@@ -44,6 +49,9 @@ func OpenProgress(k config.Kafka) (*ProgressStore, error) {
 	// Records of an aborted exactly-once transaction never happened.
 	sc.Consumer.IsolationLevel = sarama.ReadCommitted
 	sc.Consumer.Return.Errors = true
+	// Reads stop at a known offset; closing the consumer waits for the fetch
+	// in flight, which past the end lasts MaxWaitTime.
+	sc.Consumer.MaxWaitTime = 20 * time.Millisecond
 	// This is an attempt's first Kafka connection: test the credentials once
 	// here, before sarama's retries turn a wrong password into dozens of
 	// failed logins.
@@ -55,22 +63,51 @@ func OpenProgress(k config.Kafka) (*ProgressStore, error) {
 		return nil, classify(fmt.Errorf("connecting to kafka brokers %v for the progress topic: %w", k.Brokers, err))
 	}
 	s := &ProgressStore{topic: k.ProgressTopic, client: client}
+	if !create {
+		if !s.exists() {
+			client.Close()
+			return nil, fmt.Errorf("%w: %s", ErrNoProgressTopic, s.topic)
+		}
+		return s, nil
+	}
 	if err := s.ensureTopic(); err != nil {
 		client.Close()
 		return nil, err
 	}
-	if s.ap, err = sarama.NewAsyncProducerFromClient(client); err != nil {
-		client.Close()
-		return nil, classify(fmt.Errorf("progress topic %s: %w", s.topic, err))
-	}
 	return s, nil
 }
 
-func (s *ProgressStore) ensureTopic() error {
-	if err := s.client.RefreshMetadata(s.topic); err == nil {
-		if parts, err := s.client.Partitions(s.topic); err == nil && len(parts) > 0 {
-			return nil
+func (s *ProgressStore) exists() bool {
+	// Asking for every topic, not this one: sarama retries a request for a
+	// missing topic for seconds before it says so.
+	if err := s.client.RefreshMetadata(); err != nil {
+		return false
+	}
+	topics, err := s.client.Topics()
+	return err == nil && slices.Contains(topics, s.topic)
+}
+
+// CleanupPolicy returns the topic's cleanup.policy as the brokers describe it.
+func (s *ProgressStore) CleanupPolicy() (string, error) {
+	admin, err := sarama.NewClusterAdminFromClient(s.client)
+	if err != nil {
+		return "", err
+	}
+	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: s.topic, ConfigNames: []string{"cleanup.policy"}})
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		if e.Name == "cleanup.policy" {
+			return e.Value, nil
 		}
+	}
+	return "", nil
+}
+
+func (s *ProgressStore) ensureTopic() error {
+	if s.exists() {
+		return nil
 	}
 	admin, err := sarama.NewClusterAdminFromClient(s.client)
 	if err != nil {
@@ -90,6 +127,7 @@ func (s *ProgressStore) ensureTopic() error {
 // Close releases the store's connections.
 func (s *ProgressStore) Close() {
 	if s.ap != nil {
+		// Nothing is in flight once Save has returned.
 		s.ap.AsyncClose()
 		for range s.ap.Successes() {
 		}
@@ -99,6 +137,12 @@ func (s *ProgressStore) Close() {
 
 // Save writes rec and returns once Kafka acknowledged it (acks=all).
 func (s *ProgressStore) Save(ctx context.Context, rec checkpoint.Record) error {
+	if s.ap == nil {
+		var err error
+		if s.ap, err = sarama.NewAsyncProducerFromClient(s.client); err != nil {
+			return classify(fmt.Errorf("progress topic %s: %w", s.topic, err))
+		}
+	}
 	msg := &sarama.ProducerMessage{Topic: s.topic, Partition: 0, Key: sarama.ByteEncoder(rec.Key()), Value: sarama.ByteEncoder(rec.Marshal())}
 	select {
 	case s.ap.Input() <- msg:
