@@ -253,10 +253,11 @@ func publicationDropped(t *testing.T, version int) {
 		t.Errorf("slot confirmed to %s after the restart, past %s", lsnText(c2), lsnText(firstLost))
 	}
 
-	// Way on 2: accept the gap by dropping the slot; the relay starts a new
-	// one and relays what is committed from then on.
+	// Way on 2: accept the gap by dropping the slot and saying so with
+	// on_slot_lost: the relay starts a new slot and relays what is committed
+	// from then on.
 	e.exec("SELECT pg_drop_replication_slot('outbox_relay')", e.db)
-	r = e.startRelay(cfg)
+	r = e.startRelay(cfg, "RELAY_POSTGRES_ON_SLOT_LOST=recreate")
 	e.waitStreaming("outbox_relay")
 	p := newProducer()
 	if err := p.insert(context.Background(), e.connect(), "public.outbox", 20, keyed(10, 1)); err != nil {

@@ -144,7 +144,7 @@ func publicationGapError(pg config.Postgres, tables []config.Table, what string)
 	return fault.Fatal(fmt.Errorf("%w: %s. The relay stopped without confirming the slot past that point. "+
 		"Ways on: (1) recreate the publication: %s; if nothing was committed while it was missing, the relay then carries on and nothing is lost. "+
 		"(2) Otherwise the relay stops here again, because changes committed while it was missing cannot be decoded through any publication: "+
-		"accept the gap explicitly by dropping the slot (SELECT pg_drop_replication_slot('%s')), so that the relay starts a new one from the current position, "+
+		"accept the gap explicitly by dropping the slot (SELECT pg_drop_replication_slot('%s')) and starting the relay once with postgres.on_slot_lost: recreate (RELAY_POSTGRES_ON_SLOT_LOST=recreate), so that it creates a new slot at the current position, "+
 		"and replay the outbox rows committed in the gap from the table (%s), or accept that they are not relayed",
 		ErrPublicationGap, what, CreatePublicationSQL(pg, tables), pg.Slot, replay))
 }
