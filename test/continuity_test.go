@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relay-dev/relay/internal/devenv"
 	"github.com/relay-dev/relay/internal/devenv/devenvtest"
 )
 
@@ -153,13 +152,8 @@ func TestSlotAheadOfProgress(t *testing.T) {
 func TestFreshRelayAfterPostgresRestart(t *testing.T) {
 	for _, v := range []int{15, 16} {
 		t.Run(fmt.Sprintf("pg%d", v), func(t *testing.T) {
-			if _, err := devenv.FindPostgres(v); err != nil {
-				if v == 15 {
-					t.Fatal(err)
-				}
-				t.Skipf("PostgreSQL %d not installed (.ci/ensure-postgres-versions): %v", v, err)
-			}
-			e := newEnvVersion(t, v)
+			devenvtest.RequirePostgres(t, v)
+			e := newEnv(t, envOpts{pgVersion: v})
 			cfg := e.config(outboxOnly)
 			r := e.startRelay(cfg)
 			e.waitStreaming("outbox_relay")
@@ -197,16 +191,4 @@ func TestFreshRelayAfterPostgresRestart(t *testing.T) {
 			r.mustBeRunning()
 		})
 	}
-}
-
-// newEnvVersion is newEnv on a given PostgreSQL major version.
-func newEnvVersion(t *testing.T, version int) *env {
-	t.Helper()
-	e := &env{t: t, db: "app", parts: 3}
-	e.pg = devenvtest.Postgres(t, devenv.PostgresOptions{Version: version})
-	t.Logf("PostgreSQL %d on port %d", e.pg.Version(), e.pg.Port())
-	e.kafka = devenvtest.Kafka(t, devenv.KafkaOptions{Partitions: int(e.parts)})
-	e.exec("CREATE DATABASE app", "postgres")
-	e.exec(devenv.OutboxDDL("public.outbox"), e.db)
-	return e
 }
