@@ -273,7 +273,7 @@ func (t *Tracker) Stats() Stats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return Stats{
-		InflightEvents: int(t.next - t.low),
+		InflightEvents: int(t.next - t.low), //nolint:gosec // G115: at most maxEvents
 		InflightBytes:  t.inflightBytes,
 		Acked:          t.acked,
 		Confirmed:      t.durable,

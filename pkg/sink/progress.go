@@ -93,13 +93,22 @@ func (s *ProgressStore) CleanupPolicy() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: s.topic, ConfigNames: []string{"cleanup.policy"}})
+	results, err := admin.DescribeConfigs([]*sarama.ConfigResource{{Type: sarama.TopicResource, Name: s.topic, ConfigNames: []string{"cleanup.policy"}}},
+		sarama.DescribeConfigsOptions{})
 	if err != nil {
 		return "", err
 	}
-	for _, e := range entries {
-		if e.Name == "cleanup.policy" {
-			return e.Value, nil
+	for _, r := range results {
+		if r.Name != s.topic {
+			continue
+		}
+		if r.ErrorCode != sarama.ErrNoError {
+			return "", &sarama.DescribeConfigError{Err: r.ErrorCode, ErrMsg: r.ErrorMsg}
+		}
+		for _, e := range r.Configs {
+			if e.Name == "cleanup.policy" {
+				return e.Value, nil
+			}
 		}
 	}
 	return "", nil
