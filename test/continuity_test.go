@@ -192,3 +192,20 @@ func TestFreshRelayAfterPostgresRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestMappingChangeWarned hands the slot from a relay to one with another
+// mapping, as a botched deploy would: the second must say so.
+func TestMappingChangeWarned(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	r := e.startRelay(e.config(outboxOnly))
+	e.waitStreaming("outbox_relay")
+	if code := r.stop(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	r = e.startRelay(e.config("outbox:\n  - table: public.outbox\n    topic: other.${routedByValue}\n"))
+	e.waitStreaming("outbox_relay")
+	waitFor(t, 30*time.Second, "a warning that the mapping changed", func() bool {
+		return routingLogged(r, "warn", "mapping changed since the progress record was written")
+	})
+	r.mustBeRunning()
+}
