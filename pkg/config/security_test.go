@@ -137,3 +137,32 @@ func TestSecurityValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestTopicTemplatesKafkaRefuses(t *testing.T) {
+	for _, c := range []struct {
+		topic string
+		ok    bool
+	}{
+		{DefaultTopic, true}, {"${routedByValue}", true}, {"orders", true}, {".${routedByValue}", true},
+		{"orders/${routedByValue}", false}, {"outbox events", false}, {".", false}, {"..", false},
+		{strings.Repeat("x", 250), false}, {strings.Repeat("x", 250) + "${routedByValue}", false},
+	} {
+		cfg := Default()
+		cfg.Postgres.URL = "postgres://relay@db/app"
+		cfg.Kafka.Brokers = []string{"k:9092"}
+		tb := DefaultTable("public.outbox")
+		tb.Topic = c.topic
+		cfg.Outbox = []Table{tb}
+		m := DefaultMessage("audit")
+		m.Topic = c.topic
+		cfg.Messages = []Message{m}
+		err := cfg.Validate()
+		if c.ok != (err == nil) {
+			t.Errorf("topic %q: %v", c.topic, err)
+		}
+		if !c.ok && (err == nil || !strings.Contains(err.Error(), "outbox[0].topic: ") || !strings.Contains(err.Error(), "messages[0].topic: ") ||
+			!strings.Contains(err.Error(), "can never be a legal Kafka topic name")) {
+			t.Errorf("topic %q: %v, want both entries named", c.topic, err)
+		}
+	}
+}

@@ -259,6 +259,7 @@ func (t *Table) Validate() error {
 	if t.Topic == "" {
 		p.add("topic", "required")
 	}
+	checkTopicTemplate(&p, t.Topic)
 	if t.RouteRegex != "" {
 		re, err := compileRouteRegex(t.RouteRegex)
 		if err != nil {
@@ -275,6 +276,19 @@ func (t *Table) Validate() error {
 	}
 	t.validateEventFormat(&p)
 	return p.err()
+}
+
+// checkTopicTemplate refuses a topic template whose own characters Kafka
+// refuses: no route-by value can make it legal, so every event routed by it
+// would be unpublishable. Better said at load than on the first event.
+func checkTopicTemplate(p *problems, topic string) {
+	literal := strings.ReplaceAll(topic, "${routedByValue}", "")
+	fixed := literal == topic
+	switch {
+	case topic == "" || literal == "":
+	case fixed && (literal == "." || literal == ".."), !topicName.MatchString(literal):
+		p.add("topic", "%q can never be a legal Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-', neither \".\" nor \"..\")", topic)
+	}
 }
 
 // compileRouteRegex compiles route_regex as Kafka Connect's RegexRouter
@@ -313,6 +327,7 @@ func (m Message) Validate() error {
 	if m.Prefix == "" {
 		p.add("prefix", "required")
 	}
+	checkTopicTemplate(&p, m.Topic)
 	validateSource(&p, m.CloudEvents, m.CloudEventsSource)
 	return p.err()
 }
