@@ -312,3 +312,24 @@ func TestPublicationTableRemoved(t *testing.T) {
 		t.Fatalf("want a fatal error naming the table and the fix, got exit %d: %s", code, last)
 	}
 }
+
+// TestPublicationRowFilter gives the relay a publication with a row filter
+// on the outbox: the rows it leaves out never reach the relay. That may be
+// intended, so it is a warning, in relay check and at start-up, not a stop.
+func TestPublicationRowFilter(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.exec(`CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WHERE (aggregatetype <> 'Internal') WITH (publish = 'insert')`, e.db)
+	cfg := e.config(outboxOnly)
+	out, code := runRelay(t, cfg, "check")
+	if code != 0 || !strings.Contains(out, `! publication outbox_relay: has a row filter (WHERE) on "public"."outbox"`) {
+		t.Errorf("relay check exited %d without a warning for the row filter:\n%s", code, out)
+	}
+	r := e.startRelay(cfg)
+	e.waitStreaming("outbox_relay")
+	waitFor(t, 30*time.Second, "the start-up warning about the row filter", func() bool {
+		return strings.Contains(r.out.String(), `"level":"warn"`) && strings.Contains(r.out.String(), "has a row filter (WHERE) on these outbox tables")
+	})
+	if code := r.stop(60 * time.Second); code != 0 {
+		t.Errorf("relay exited %d after SIGTERM", code)
+	}
+}

@@ -216,6 +216,14 @@ func checkPublication(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *co
 	default:
 		c.ok(what, "exists, publishes inserts and contains every outbox table")
 	}
+	if len(ps.Filtered) > 0 {
+		var filtered []string
+		for _, t := range ps.Filtered {
+			filtered = append(filtered, quoteTable(t.Table))
+		}
+		c.warn(what, "has a row filter (WHERE) on "+strings.Join(filtered, ", ")+": rows it leaves out are never sent to the relay, so never relayed",
+			fmt.Sprintf("if every row is an event, publish the tables without it: ALTER PUBLICATION %s SET TABLE %s (this also removes any other table from the publication)", pub, strings.Join(tables, ", ")))
+	}
 	if ps.Exists && !ps.Updates && len(wantUpdates) > 0 {
 		c.warn(what, "does not publish updates, so on_update cannot see UPDATEs on "+strings.Join(wantUpdates, ", "),
 			fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update')", pub))

@@ -24,6 +24,9 @@ type PublicationState struct {
 	// their rows arrive under the partitions' names, which the relay does
 	// not know.
 	Partitioned []config.Table
+	// Filtered are outbox tables published with a row filter (WHERE):
+	// the rows it leaves out are never sent, so never relayed.
+	Filtered []config.Table
 }
 
 // ReadPublication reads the publication's state on a regular connection.
@@ -47,8 +50,10 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []
 		// missing and ADD TABLE would fail with "already member". A table
 		// is also published through a published ancestor (it is then a
 		// partition itself).
-		var in, partitioned bool
+		var in, partitioned, filtered bool
 		err := conn.QueryRow(ctx, `SELECT c.relkind = 'p',
+				EXISTS (SELECT 1 FROM pg_publication_rel pr
+					WHERE pr.prpubid = p.oid AND pr.prrelid = c.oid AND pr.prqual IS NOT NULL),
 				p.puballtables
 				OR EXISTS (SELECT 1 FROM pg_publication_rel pr
 					WHERE pr.prpubid = p.oid AND (pr.prrelid = c.oid OR pr.prrelid IN (SELECT relid FROM pg_partition_ancestors(c.oid))))
@@ -56,7 +61,7 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []
 					WHERE pn.pnpubid = p.oid AND pn.pnnspid = c.relnamespace)
 			FROM pg_publication p, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE p.pubname = $1 AND n.nspname = $2 AND c.relname = $3`,
-			name, schema, table).Scan(&partitioned, &in)
+			name, schema, table).Scan(&partitioned, &filtered, &in)
 		if errors.Is(err, pgx.ErrNoRows) {
 			// No such table (CheckTable names it): it is not in the
 			// publication either.
@@ -71,6 +76,9 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []
 		}
 		if partitioned {
 			ps.Partitioned = append(ps.Partitioned, t)
+		}
+		if filtered {
+			ps.Filtered = append(ps.Filtered, t)
 		}
 	}
 	return ps, nil
@@ -199,6 +207,10 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 	}
 	if !ps.Inserts {
 		return fault.Fatal(fmt.Errorf("publication %q does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", pg.Publication, pub))
+	}
+	if len(ps.Filtered) > 0 {
+		log.Warn().Str("publication", pg.Publication).Str("tables", tableNames(ps.Filtered)).
+			Msg("the publication has a row filter (WHERE) on these outbox tables: rows it leaves out are never sent to the relay, so never relayed")
 	}
 	if !ps.Updates {
 		var blind []string
