@@ -161,6 +161,10 @@ func TestFailover(t *testing.T) {
 			FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`, startLSN), &ok)
 		return err == nil && ok
 	})
+	check, _ := runRelay(t, f.config(""), "check")
+	if want := "✓ failover: slot outbox_relay is a failover slot; synchronized_standby_slots = standby1"; !strings.Contains(check, want) {
+		t.Errorf("relay check lacks %q:\n%s", want, check)
+	}
 	status, _ := runRelay(t, f.config(""), "status")
 	t.Logf("relay status before the failover:\n%s", status)
 	if !strings.Contains(status, "failover:      true") {

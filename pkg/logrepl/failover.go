@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,6 +37,10 @@ type Failover struct {
 	// unsupported): the physical slots whose standbys must have the WAL
 	// before a logical walsender sends it.
 	StandbySlots string
+	// StandbySlotsAway lists the synchronized_standby_slots entries that
+	// are not an active physical slot (missing, logical, or no standby
+	// connected): Postgres holds every failover slot back until they are.
+	StandbySlotsAway []string
 	// PhysicalStandbys counts physical slots and connected physical
 	// walsenders: a hint that this server has standbys to fail over to.
 	PhysicalStandbys int
@@ -69,6 +74,16 @@ func ReadFailover(ctx context.Context, conn *pgx.Conn, slot string) (Failover, e
 	err = conn.QueryRow(ctx, "SELECT coalesce(current_setting('synchronized_standby_slots', true), '')").Scan(&f.StandbySlots)
 	if err != nil {
 		return f, classify(fmt.Errorf("reading synchronized_standby_slots: %w", err), err)
+	}
+	if f.StandbySlots != "" {
+		// The setting is a comma-separated list of slot names, which are
+		// plain [a-z0-9_] identifiers.
+		err = conn.QueryRow(ctx, `SELECT coalesce(array_agg(n ORDER BY n), '{}') FROM unnest(string_to_array(replace($1, ' ', ''), ',')) n
+			WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = n AND s.slot_type = 'physical' AND s.active)`,
+			f.StandbySlots).Scan(&f.StandbySlotsAway)
+		if err != nil {
+			return f, classify(fmt.Errorf("reading the slots of synchronized_standby_slots: %w", err), err)
+		}
 	}
 	err = conn.QueryRow(ctx, "SELECT failover, synced FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&f.SlotFailover, &f.SlotSynced)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -106,6 +121,8 @@ func CheckFailover(f Failover, pg config.Postgres) (warnings []string, err error
 		warnings = append(warnings, fmt.Sprintf("slot %q is not a failover slot, but this PostgreSQL %d server has %d physical standby(s): after a failover to one of them the slot is missing there and the relay stops; set postgres.slot_failover: true (and sync_replication_slots = on on the standbys)", pg.Slot, f.Major, f.PhysicalStandbys))
 	case failover && f.StandbySlots == "":
 		warnings = append(warnings, fmt.Sprintf("slot %q is a failover slot, but synchronized_standby_slots is empty on the primary: the relay can receive, and publish to Kafka, transactions a standby does not have yet, and after a failover to that standby those events are phantoms (in Kafka, never committed on the new primary); set synchronized_standby_slots to the standbys' physical slots", pg.Slot))
+	case failover && len(f.StandbySlotsAway) > 0:
+		warnings = append(warnings, fmt.Sprintf("synchronized_standby_slots lists %s, which is not an active physical slot (missing, or its standby is not connected): Postgres sends the relay nothing past what that standby has, so the relay stalls until it is back; remove it from synchronized_standby_slots if that standby is gone", strings.Join(f.StandbySlotsAway, ", ")))
 	}
 	return warnings, nil
 }

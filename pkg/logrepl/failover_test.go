@@ -30,6 +30,7 @@ func TestCheckFailover(t *testing.T) {
 		{"17, on, no synchronized_standby_slots", pg17, on, "", "phantoms"},
 		{"17, failover slot but key off", Failover{Major: 17, Supported: true, SlotFailover: true}, off, "", "phantoms"},
 		{"17, on, synchronized", Failover{Major: 17, Supported: true, SlotFailover: true, StandbySlots: "sb"}, on, "", ""},
+		{"17, on, standby away", Failover{Major: 17, Supported: true, SlotFailover: true, StandbySlots: "sb,sc", StandbySlotsAway: []string{"sc"}}, on, "", "lists sc, which is not an active physical slot"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			warnings, err := CheckFailover(c.f, c.pg)
@@ -82,6 +83,22 @@ func TestReplicationURLMultiHost(t *testing.T) {
 		}
 		if strings.Join(hosts, ",") != "db-a:5432,db-b:5433" || pc.ValidateConnect == nil || pc.RuntimeParams["replication"] != "database" {
 			t.Errorf("%s: hosts %v, target_session_attrs kept %t, replication=%q", got, hosts, pc.ValidateConnect != nil, pc.RuntimeParams["replication"])
+		}
+	}
+}
+
+// The failover window's errors must be retried, not end the relay.
+func TestFailoverWindowErrorsAreRetryable(t *testing.T) {
+	for _, err := range []error{
+		&pgconn.PgError{Code: "57P03", Message: "the database system is starting up"},
+		&pgconn.PgError{Code: "57P03", Message: "the database system is in recovery mode"},
+		&pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"},
+		&pgconn.PgError{Code: "55000", Message: "logical decoding cannot be used while in recovery"},
+		fmt.Errorf("%w at 10.0.0.2:5432", ErrStandby),
+		pgconn.ErrReadOnlyConnection,
+	} {
+		if got := classify(fmt.Errorf("wrapped: %w", err), err); fault.IsFatal(got) {
+			t.Errorf("%v is fatal", err)
 		}
 	}
 }
