@@ -67,6 +67,14 @@ type Kafka struct {
 	// oversized events had a policy.
 	Oversized       OnUnpublishable `mapstructure:"oversized"`
 	DeadLetterTopic string          `mapstructure:"dead_letter_topic"`
+
+	// Delivery chooses at-least-once (the default) or exactly-once, Kafka
+	// transactions that carry the progress record with the events.
+	Delivery Delivery `mapstructure:"delivery"`
+	// TransactionalID names the relay to the transaction coordinator; every
+	// replica of one relay shares it, which is what fences a zombie.
+	// Empty means "relay-<slot>".
+	TransactionalID string `mapstructure:"transactional_id"`
 }
 
 // Unpublishable returns the policy for unpublishable events and the key it
@@ -80,6 +88,17 @@ func (k Kafka) Unpublishable() (policy OnUnpublishable, key string) {
 		return k.Oversized, "kafka.oversized"
 	}
 	return UnpublishableStop, "kafka.on_unpublishable"
+}
+
+// ExactlyOnce reports whether events go out in Kafka transactions.
+func (k Kafka) ExactlyOnce() bool { return k.Delivery == DeliveryExactlyOnce }
+
+// TransactionalID is kafka.transactional_id, defaulting to relay-<slot>.
+func (c *Config) TransactionalID() string {
+	if c.Kafka.TransactionalID != "" {
+		return c.Kafka.TransactionalID
+	}
+	return "relay-" + c.Postgres.Slot
 }
 
 // TLS configures encryption to the brokers.
@@ -173,6 +192,13 @@ type Pipeline struct {
 	StatusInterval    time.Duration `mapstructure:"status_interval"`
 	MaxBackoff        time.Duration `mapstructure:"max_backoff"`
 	StallTimeout      time.Duration `mapstructure:"stall_timeout"`
+
+	// With kafka.delivery exactly_once: a Kafka transaction is committed
+	// when it is TransactionInterval old, or holds TransactionMaxEvents
+	// events or TransactionMaxBytes bytes, whichever comes first.
+	TransactionInterval  time.Duration `mapstructure:"transaction_interval"`
+	TransactionMaxEvents int           `mapstructure:"transaction_max_events"`
+	TransactionMaxBytes  int           `mapstructure:"transaction_max_bytes"`
 }
 
 // Snapshot says whether rows that exist before the relay's slot are

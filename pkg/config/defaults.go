@@ -34,6 +34,7 @@ func Default() Config {
 			Compression:     CompressionNone,
 			MaxMessageBytes: 1000000,
 			ProgressTopic:   "relay.progress",
+			Delivery:        DeliveryAtLeastOnce,
 			// OnUnpublishable and its deprecated name Oversized stay empty:
 			// empty is how an explicit choice is told apart, so that the two
 			// can be checked against each other; Kafka.Unpublishable gives
@@ -46,6 +47,10 @@ func Default() Config {
 			StatusInterval:    time.Second,
 			MaxBackoff:        30 * time.Second,
 			StallTimeout:      5 * time.Minute,
+
+			TransactionInterval:  100 * time.Millisecond,
+			TransactionMaxEvents: 20000,
+			TransactionMaxBytes:  32 << 20,
 		},
 		Snapshot: Snapshot{Mode: SnapshotInitial, BatchSize: 10000},
 		Log:      Log{Level: LogInfo, Format: LogJSON},

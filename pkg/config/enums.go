@@ -83,6 +83,18 @@ func (o OnUnpublishable) Validate() error {
 	return oneOf(o, UnpublishableStop, UnpublishableDeadLetter)
 }
 
+// Delivery is kafka.delivery: what a crash or a broker error may do to what
+// consumers see.
+type Delivery string
+
+const (
+	DeliveryAtLeastOnce Delivery = "at_least_once" // a crash may re-send the unconfirmed tail
+	DeliveryExactlyOnce Delivery = "exactly_once"  // Kafka transactions; read_committed consumers see each event once
+)
+
+// Validate reports a value that is not one of the constants.
+func (d Delivery) Validate() error { return oneOf(d, DeliveryAtLeastOnce, DeliveryExactlyOnce) }
+
 // OnUpdate is outbox[].on_update: what an UPDATE of an outbox row does.
 type OnUpdate string
 

@@ -146,6 +146,9 @@ func (k Kafka) Validate() error {
 	if k.MaxMessageBytes <= 0 {
 		p.add("kafka.max_message_bytes", "must be positive")
 	}
+	if err := k.Delivery.Validate(); err != nil {
+		p.add("kafka.delivery", "%v", err)
+	}
 	// An unpublishable event must have a known fate: stopping, or a dead
 	// letter topic that exists as a name Kafka accepts.
 	if err := k.OnUnpublishable.Validate(); err != nil {
@@ -348,6 +351,17 @@ func (pl Pipeline) Validate() error {
 		if d.v <= 0 {
 			p.add("pipeline."+d.key, "must be a positive duration")
 		}
+	}
+	// Used with kafka.delivery exactly_once only, but checked always: a
+	// bad value should not wait for the mode switch to surface.
+	if pl.TransactionInterval <= 0 {
+		p.add("pipeline.transaction_interval", "must be a positive duration")
+	}
+	if pl.TransactionMaxEvents < 1 {
+		p.add("pipeline.transaction_max_events", "must be at least 1")
+	}
+	if pl.TransactionMaxBytes < 1024 {
+		p.add("pipeline.transaction_max_bytes", "must be at least 1024")
 	}
 	return p.err()
 }
