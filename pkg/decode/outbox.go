@@ -36,6 +36,11 @@ type Event struct {
 	Timestamp time.Time
 	Partition int32  // -1: let the partitioner choose
 	Seq       uint64 // assigned by the checkpoint tracker when the event is handed over
+	// Txn is the commit LSN its transaction's Begin announced and TxnIndex
+	// its place among that transaction's events, set by the stream: with
+	// exactly-once delivery a progress record can point inside a transaction.
+	Txn      pglogrepl.LSN
+	TxnIndex int
 
 	hdrs [2]Header // storage for the id and type headers, saving an allocation
 }

@@ -58,8 +58,11 @@ type Stream struct {
 	Pipeline config.Pipeline
 	Decoder  *decode.Decoder
 	Tracker  *checkpoint.Tracker
-	Stats    *Stats
-	Log      zerolog.Logger
+	// Resume, from an exactly-once progress record, names the first events
+	// of a transaction that are already in Kafka: they are not sent again.
+	Resume *checkpoint.Partial
+	Stats  *Stats
+	Log    zerolog.Logger
 	// Tables are the outbox tables, named in the fix when the publication
 	// goes missing.
 	Tables []config.Table
@@ -120,6 +123,7 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	defer stopRead()
 	var deadline time.Time
 	inTxn := false
+	cursor := checkpoint.NewCursor(s.Resume)
 	for {
 		if stop.Err() != nil && !inTxn {
 			return s.drain(hard)
@@ -190,10 +194,20 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 				switch res.Kind {
 				case decode.KindBegin:
 					inTxn = true
+					cursor.Begin(res.LSN)
 				case decode.KindCommit:
 					inTxn = false
 					s.Tracker.Commit(res.LSN, res.CommitTime)
 				case decode.KindEvent:
+					pos, skip := cursor.Next()
+					if skip {
+						if cursor.Skipped() == s.Resume.Events {
+							s.Log.Info().Stringer("commit_lsn", pos.Txn).Int("events", s.Resume.Events).
+								Msg("resumed inside a transaction: skipped its events already committed to Kafka")
+						}
+						break
+					}
+					res.Event.Txn, res.Event.TxnIndex = pos.Txn, pos.Index
 					if err := s.handOver(hard, res.Event, out); err != nil {
 						return err
 					}
