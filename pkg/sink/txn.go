@@ -103,7 +103,7 @@ func NewTxnProducer(k config.Kafka, pl config.Pipeline, o TxnOptions, tr TxnTrac
 	if err != nil {
 		return nil, err
 	}
-	WarnInsecure(k, log)
+	warnInsecure(k, log)
 	if err := Handshake(k, sc); err != nil {
 		return nil, err
 	}
@@ -291,7 +291,7 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 					return err
 				}
 				t.events++
-				t.bytes += RecordSize(ev.Key, ev.Value, ev.Headers)
+				t.bytes += recordSize(ev.Key, ev.Value, ev.Headers)
 				p.last = checkpoint.EventPos{Txn: ev.Txn, Index: ev.TxnIndex}
 				if t.events >= p.maxEvents || t.bytes >= p.maxBytes {
 					if err := commit(); err != nil {
