@@ -367,6 +367,9 @@ func checkKafka(c *checklist, cfg *config.Config) {
 	}
 	defer admin.Close() // closes client too
 	c.ok("kafka", fmt.Sprintf("connected to %v (%d broker(s) in the cluster)", cfg.Kafka.Brokers, len(client.Brokers())))
+	if cfg.Kafka.ExactlyOnce() {
+		checkTransactions(c, client, cfg.Kafka)
+	}
 
 	autoCreate, autoKnown := brokerAutoCreate(client, admin)
 
@@ -434,6 +437,24 @@ func checkKafka(c *checklist, cfg *config.Config) {
 			c.ok(what, "topics are created on first use if the broker allows (auto.create.topics.enable could not be read), used by "+r.owner)
 		}
 	}
+}
+
+// checkTransactions asks for the transaction coordinator of the relay's
+// transactional id: that needs brokers with transactions (0.11+, the
+// transaction state topic available) and DESCRIBE on the id. It does not
+// initialise the id, which would fence a relay running with it.
+func checkTransactions(c *checklist, client sarama.Client, k config.Kafka) {
+	what := "kafka transactions"
+	b, err := client.TransactionCoordinator(k.TransactionalID)
+	if err != nil {
+		fix := "exactly_once needs Kafka 0.11 or later with the transaction coordinator up (transaction.state.log.replication.factor brokers available)"
+		if errors.Is(err, sarama.ErrTransactionalIDAuthorizationFailed) || errors.Is(err, sarama.ErrClusterAuthorizationFailed) {
+			fix = sink.TxnACLHint(k.TransactionalID)
+		}
+		c.fail(what, fmt.Sprintf("no transaction coordinator for transactional id %q: %v", k.TransactionalID, err), fix)
+		return
+	}
+	c.ok(what, fmt.Sprintf("transactional id %q has its coordinator on broker %d; the relay also needs WRITE on it, checked when it starts", k.TransactionalID, b.ID()))
 }
 
 // brokerAutoCreate reads auto.create.topics.enable from one broker; ok is

@@ -34,6 +34,21 @@ type Record struct {
 // topics it reads every non-internal topic. A topic that does not exist has
 // no records.
 func ReadAll(ctx context.Context, brokers string, topics ...string) ([]Record, error) {
+	return read(ctx, brokers, false, topics)
+}
+
+// ReadCommitted is ReadAll as a consumer with isolation.level=read_committed
+// sees the topics: up to each partition's last stable offset, without the
+// records of aborted transactions (or of transactions still open).
+func ReadCommitted(ctx context.Context, brokers string, topics ...string) ([]Record, error) {
+	return read(ctx, brokers, true, topics)
+}
+
+func read(ctx context.Context, brokers string, committed bool, topics []string) ([]Record, error) {
+	isolation := kgo.ReadUncommitted()
+	if committed {
+		isolation = kgo.ReadCommitted()
+	}
 	cl, err := newClient(brokers)
 	if err != nil {
 		return nil, err
@@ -47,7 +62,12 @@ func ReadAll(ctx context.Context, brokers string, topics ...string) ([]Record, e
 	if err != nil {
 		return nil, err
 	}
-	ends, err := listOffsets(ctx, cl, parts, -1)
+	var ends map[string]map[int32]int64
+	if committed {
+		ends, err = stableOffsets(ctx, cl, parts)
+	} else {
+		ends, err = listOffsets(ctx, cl, parts, -1)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -71,8 +91,10 @@ func ReadAll(ctx context.Context, brokers string, topics ...string) ([]Record, e
 
 	// Control records are kept because transaction markers take offsets
 	// too: without them a partition ending in a marker would never seem
-	// to reach its high watermark.
-	cons, err := newClient(brokers, kgo.ConsumePartitions(from), kgo.KeepControlRecords())
+	// to reach its high watermark. Under read_committed the record just
+	// before the last stable offset is never an aborted one (its
+	// transaction's marker comes after it), so the end is still seen.
+	cons, err := newClient(brokers, kgo.ConsumePartitions(from), kgo.KeepControlRecords(), kgo.FetchIsolationLevel(isolation))
 	if err != nil {
 		return nil, err
 	}
@@ -202,11 +224,22 @@ func partitionsOf(ctx context.Context, cl *kgo.Client, topics []string) (map[str
 // listOffsets returns the offset at timestamp ts (-2 log start, -1 high
 // watermark) of every partition in parts.
 func listOffsets(ctx context.Context, cl *kgo.Client, parts map[string][]int32, ts int64) (map[string]map[int32]int64, error) {
+	return listOffsetsIsolated(ctx, cl, parts, ts, 0)
+}
+
+// stableOffsets returns the last stable offset of every partition in parts:
+// where a read_committed consumer stops, before the first open transaction.
+func stableOffsets(ctx context.Context, cl *kgo.Client, parts map[string][]int32) (map[string]map[int32]int64, error) {
+	return listOffsetsIsolated(ctx, cl, parts, -1, 1)
+}
+
+func listOffsetsIsolated(ctx context.Context, cl *kgo.Client, parts map[string][]int32, ts int64, isolation int8) (map[string]map[int32]int64, error) {
 	out := map[string]map[int32]int64{}
 	if len(parts) == 0 {
 		return out, nil
 	}
 	req := kmsg.NewPtrListOffsetsRequest()
+	req.IsolationLevel = isolation
 	for t, ps := range parts {
 		rt := kmsg.NewListOffsetsRequestTopic()
 		rt.Topic = t

@@ -130,8 +130,8 @@ func NewTxnProducer(k config.Kafka, pl config.Pipeline, o TxnOptions, tr TxnTrac
 	return p, nil
 }
 
-// aclHint names what a principal needs for exactly-once delivery.
-func aclHint(id string) string {
+// TxnACLHint names what a principal needs for exactly-once delivery.
+func TxnACLHint(id string) string {
 	return fmt.Sprintf("grant the relay's principal WRITE and DESCRIBE on TransactionalId %q (kafka.transactional_id), "+
 		"IDEMPOTENT_WRITE on the cluster (brokers before Kafka 3.0), and WRITE on the outbox topics and the progress topic", id)
 }
@@ -141,7 +141,7 @@ func aclHint(id string) string {
 func TxnInitError(k config.Kafka, err error) error {
 	switch {
 	case errors.Is(err, sarama.ErrTransactionalIDAuthorizationFailed), errors.Is(err, sarama.ErrClusterAuthorizationFailed):
-		return fault.Fatal(fmt.Errorf("kafka.delivery exactly_once: the brokers refused transactional id %q: %w; %s", k.TransactionalID, err, aclHint(k.TransactionalID)))
+		return fault.Fatal(fmt.Errorf("kafka.delivery exactly_once: the brokers refused transactional id %q: %w; %s", k.TransactionalID, err, TxnACLHint(k.TransactionalID)))
 	case errors.Is(err, sarama.ErrUnsupportedVersion), errors.Is(err, sarama.ErrInvalidTransactionTimeout):
 		return fault.Fatal(fmt.Errorf("kafka.delivery exactly_once: the brokers do not support transactions as the relay uses them: %w (needs Kafka 0.11 or later with the transaction coordinator enabled)", err))
 	case errors.Is(err, sarama.ErrConsumerCoordinatorNotAvailable), errors.Is(err, sarama.ErrNotCoordinatorForConsumer):
@@ -402,7 +402,7 @@ func (p *TxnProducer) txnError(err error) error {
 		return fmt.Errorf("%w: another relay with transactional id %q took over (it fenced this one)", err, p.id)
 	case errors.Is(err, sarama.ErrTransactionalIDAuthorizationFailed), errors.Is(err, sarama.ErrTopicAuthorizationFailed),
 		errors.Is(err, sarama.ErrClusterAuthorizationFailed):
-		return fault.Fatal(fmt.Errorf("%w; %s", err, aclHint(p.id)))
+		return fault.Fatal(fmt.Errorf("%w; %s", err, TxnACLHint(p.id)))
 	}
 	return classify(err)
 }

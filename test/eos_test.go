@@ -1,0 +1,344 @@
+package test
+
+// Exactly-once tests: the relay runs with kafka.delivery exactly_once and
+// everything is checked the way a consumer with isolation.level=
+// read_committed sees it (devenv.ReadCommitted, franz-go). Duplicates are not
+// allowed anywhere here.
+
+import (
+	"context"
+	"math/rand"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/relay-dev/relay/internal/devenv"
+)
+
+// exactlyOnce is the environment that switches a relay to transactions.
+var exactlyOnce = []string{"RELAY_KAFKA_DELIVERY=exactly_once"}
+
+func withEnv(extra ...string) []string { return append(append([]string(nil), exactlyOnce...), extra...) }
+
+// waitAllCommitted waits until a read_committed consumer sees every
+// committed event and returns the verdict on what it sees.
+func (e *env) waitAllCommitted(committed []event, timeout time.Duration) verdict {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		last := time.Now().After(deadline)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		// The high watermark counts aborted records and markers too, so it
+		// only tells when reading cannot be worth it yet.
+		n, err := devenv.CountRecords(ctx, e.kafka.Addr(), outboxTopics...)
+		v := verdict{events: len(committed), lost: -1}
+		if err == nil && (n >= int64(len(committed)) || last) {
+			var recs []devenv.Record
+			if recs, err = devenv.ReadCommitted(ctx, e.kafka.Addr(), outboxTopics...); err == nil {
+				v = check(committed, recs, e.parts, defaultTopic)
+			}
+		}
+		cancel()
+		if v.lost == 0 {
+			return v
+		}
+		if last {
+			e.t.Fatalf("not every committed event is visible to read_committed within %s: %s (error: %v)\n%s", timeout, v, err, strings.Join(v.problems, "\n"))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// uncommittedDuplicates is how many records a read_uncommitted consumer
+// sees more than once: the aborted transactions' records.
+func (e *env) uncommittedDuplicates(committed []event) int {
+	e.t.Helper()
+	recs := e.readAll(outboxTopics...)
+	return check(committed, recs, e.parts, defaultTopic).duplicates
+}
+
+// TestExactlyOnceKill9Loop is TestKill9Loop in exactly_once mode: five
+// SIGKILLs under steady writes, every other one while the broker refuses
+// produce. A relay that confirmed the slot before the Kafka commit would
+// lose the events of the transaction open at the kill; one that resumed from
+// anywhere but the committed progress record would show duplicates.
+func TestExactlyOnceKill9Loop(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := e.config(outboxOnly)
+	r := e.startRelay(cfg, exactlyOnce...)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	w := e.startSteadyWriter(p, 3*time.Millisecond)
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	const kills = 5
+	for i := 0; i < kills; i++ {
+		base := e.deliveredCount()
+		want := base + int64(50+rng.Intn(400))
+		waitFor(t, 60*time.Second, "progress before kill", func() bool { return e.deliveredCount() >= want })
+		if i%2 == 1 {
+			fault := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.NotEnoughReplicas, Count: -1})
+			waitFor(t, 30*time.Second, "refused produce requests", func() bool { return fault.Hits() >= 3 })
+			r.kill()
+			fault.Remove()
+		} else {
+			r.kill()
+		}
+		r = e.startRelay(cfg, exactlyOnce...)
+	}
+	e.waitStreaming("outbox_relay")
+	w.halt()
+	v := e.waitAllCommitted(p.committed(), 120*time.Second)
+	v.mustHold(t, true)
+	t.Logf("exactly_once, kill -9 x%d: %s as read_committed sees it; read_uncommitted sees %d duplicates (aborted transactions)",
+		kills, v, e.uncommittedDuplicates(p.committed()))
+}
+
+// TestExactlyOnceProduceError makes the broker answer every produce with a
+// non-retriable error for 3s under load. At least once, sarama gives up on a
+// batch and sends the partition's next one, which is how a key gets out of
+// order; here the transaction is aborted and the pipeline restarts from the
+// committed record, so read_committed sees neither gaps nor reordering.
+func TestExactlyOnceProduceError(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	r := e.startRelay(e.config(outboxOnly), exactlyOnce...)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	w := e.startSteadyWriter(p, 3*time.Millisecond)
+	e.waitGrowth(200, 60*time.Second)
+	fault := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.UnknownServerError, Count: -1})
+	began := time.Now()
+	waitFor(t, 60*time.Second, "3s of refused produce", func() bool {
+		return fault.Hits() >= 10 && time.Since(began) >= 3*time.Second
+	})
+	hits := fault.Hits()
+	fault.Remove()
+	after := len(p.committed())
+	w.waitCommitted(after+200, 60*time.Second)
+	w.halt()
+	r.mustBeRunning()
+	v := e.waitAllCommitted(p.committed(), 120*time.Second)
+	v.mustHold(t, true)
+	t.Logf("exactly_once, UNKNOWN_SERVER_ERROR for %s (%d refused produce requests, %d pipeline restarts): %s",
+		time.Since(began).Round(time.Millisecond), hits, strings.Count(r.out.String(), "pipeline stopped"), v)
+}
+
+// txnWatch records the transactional requests the broker receives.
+type txnWatch struct {
+	mu      sync.Mutex
+	inits   int // InitProducerId with a transactional id
+	commits []int16
+}
+
+func watchTxns(c *kfake.Cluster) *txnWatch {
+	w := &txnWatch{}
+	c.ControlKey(int16(kmsg.InitProducerID), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if r := req.(*kmsg.InitProducerIDRequest); r.TransactionalID != nil {
+			w.mu.Lock()
+			w.inits++
+			w.mu.Unlock()
+		}
+		return nil, nil, false
+	})
+	c.ControlKey(int16(kmsg.EndTxn), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if r := req.(*kmsg.EndTxnRequest); r.Commit {
+			w.mu.Lock()
+			w.commits = append(w.commits, r.ProducerEpoch)
+			w.mu.Unlock()
+		}
+		return nil, nil, false
+	})
+	return w
+}
+
+func (w *txnWatch) snapshot() (inits int, commits []int16) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.inits, append([]int16(nil), w.commits...)
+}
+
+// TestExactlyOnceTwin starts a second relay with the same config (a botched
+// deploy) while the first streams under load, then kills the first. The twin
+// must never initialise the transactional id while the first lives (that
+// would fence it) nor commit anything, and once it takes over, a
+// read_committed consumer sees every event once.
+func TestExactlyOnceTwin(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	watch := watchTxns(e.kafka.Cluster())
+	cfg := e.config(outboxOnly)
+	first := e.startRelay(cfg, exactlyOnce...)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	w := e.startSteadyWriter(p, 3*time.Millisecond)
+	e.waitGrowth(200, 60*time.Second)
+
+	initsBefore, commitsBefore := watch.snapshot()
+	epoch := commitsBefore[len(commitsBefore)-1]
+	twin := e.startRelay(cfg, exactlyOnce...)
+	waitFor(t, 60*time.Second, "the twin to find the slot active twice", func() bool {
+		twin.mustBeRunning()
+		return len(slotActiveLines(twin.out.String())) >= 2
+	})
+	e.waitGrowth(200, 60*time.Second)
+	inits, commits := watch.snapshot()
+	first.mustBeRunning()
+	if inits != initsBefore {
+		t.Fatalf("transactional id initialised %d times while the first relay lived (the twin fenced it)", inits-initsBefore)
+	}
+	for _, ep := range commits[len(commitsBefore):] {
+		if ep != epoch {
+			t.Fatalf("a commit with producer epoch %d while the first relay (epoch %d) lived", ep, epoch)
+		}
+	}
+	t.Logf("twin waited; %d commits, all by the first relay (epoch %d)", len(commits)-len(commitsBefore), epoch)
+
+	first.kill()
+	killed := time.Now()
+	waitFor(t, 90*time.Second, "the twin to stream", func() bool {
+		twin.mustBeRunning()
+		return strings.Contains(twin.out.String(), "streaming from replication slot")
+	})
+	t.Logf("twin took over %s after the kill", time.Since(killed).Round(time.Millisecond))
+	after := len(p.committed())
+	w.waitCommitted(after+200, 60*time.Second)
+	w.halt()
+	v := e.waitAllCommitted(p.committed(), 120*time.Second)
+	v.mustHold(t, true)
+	_, commits = watch.snapshot()
+	t.Logf("twin after the first was killed: %s; newest committing epoch %d", v, commits[len(commits)-1])
+}
+
+// TestExactlyOnceZombieFenced freezes the active relay (SIGSTOP) until
+// Postgres gives its walsender up, lets a second relay take over, then
+// thaws the first: a zombie holding an open Kafka transaction. Its commit
+// must be refused (the second relay fenced it at start), so nothing it
+// publishes after thawing is visible and nothing is seen twice.
+func TestExactlyOnceZombieFenced(t *testing.T) {
+	e := newEnv(t, envOpts{pgSettings: map[string]string{"wal_sender_timeout": "2s"}})
+	cfg := e.config(outboxOnly)
+	zombie := e.startRelay(cfg, exactlyOnce...)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	w := e.startSteadyWriter(p, 3*time.Millisecond)
+	e.waitGrowth(200, 60*time.Second)
+	if err := zombie.cmd.Process.Signal(sigStop); err != nil {
+		t.Fatal(err)
+	}
+	successor := e.startRelay(cfg, exactlyOnce...)
+	waitFor(t, 90*time.Second, "the successor to stream", func() bool {
+		successor.mustBeRunning()
+		return strings.Contains(successor.out.String(), "streaming from replication slot")
+	})
+	e.waitGrowth(200, 60*time.Second)
+	if err := zombie.cmd.Process.Signal(sigCont); err != nil {
+		t.Fatal(err)
+	}
+	// Thawed, it finds its replication connection gone or its transaction
+	// fenced, whichever it touches first, and becomes a standby.
+	waitFor(t, 60*time.Second, "the thawed relay to become a standby", func() bool {
+		return len(slotActiveLines(zombie.out.String())) >= 1
+	})
+	after := len(p.committed())
+	w.waitCommitted(after+200, 60*time.Second)
+	w.halt()
+	successor.mustBeRunning()
+	v := e.waitAllCommitted(p.committed(), 120*time.Second)
+	v.mustHold(t, true)
+	t.Logf("zombie thawed after a takeover: %s; zombie said: %s", v, nthLine(zombie.out.String(), "pipeline stopped", 0))
+}
+
+// TestExactlyOnceLargeTransaction splits one 20k-event Postgres transaction
+// across Kafka transactions of 500 and kills the relay while part of it is
+// committed. The restarted relay must skip exactly the committed part
+// (the record's partial transaction): re-sending it would duplicate events,
+// skipping more would lose them.
+func TestExactlyOnceLargeTransaction(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := e.config(outboxOnly)
+	env := withEnv("RELAY_PIPELINE_TRANSACTION_MAX_EVENTS=500", "RELAY_PIPELINE_MAX_INFLIGHT_EVENTS=1000")
+	r := e.startRelay(cfg, env...)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	conn := e.connect()
+	const n = 20000
+	if err := p.insert(context.Background(), conn, "public.outbox", n, keyed(50, 0)); err != nil {
+		t.Fatal(err)
+	}
+	// Slow produce down so the kill lands mid-transaction.
+	var produces atomic.Int64
+	fault := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.NotEnoughReplicas, Count: -1,
+		When: func(kmsg.Request) bool { return produces.Add(1)%2 == 0 }})
+	var visible int
+	waitFor(t, 120*time.Second, "part of the transaction to be committed", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		recs, err := devenv.ReadCommitted(ctx, e.kafka.Addr(), outboxTopics...)
+		visible = len(recs)
+		return err == nil && visible >= 2000
+	})
+	r.kill()
+	fault.Remove()
+	if visible >= n {
+		t.Fatalf("the whole transaction was committed before the kill (%d events): nothing tested", visible)
+	}
+	r = e.startRelay(cfg, env...)
+	waitFor(t, 60*time.Second, "the restarted relay to skip the committed part", func() bool {
+		return strings.Contains(r.out.String(), "skipped its events already committed")
+	})
+	v := e.waitAllCommitted(p.committed(), 180*time.Second)
+	v.mustHold(t, true)
+	t.Logf("20k-event transaction, killed with %d committed: %s; %s", visible, v, nthLine(r.out.String(), "skipped its events", 0))
+}
+
+// TestExactlyOnceRestarts restarts Postgres and then the broker under load.
+func TestExactlyOnceRestarts(t *testing.T) {
+	e := newEnv(t, envOpts{kafkaDir: true})
+	r := e.startRelay(e.config(outboxOnly), exactlyOnce...)
+	e.waitStreaming("outbox_relay")
+	before := e.slotPID("outbox_relay")
+	p := newProducer()
+	w := e.startSteadyWriter(p, 5*time.Millisecond)
+	e.waitGrowth(200, 60*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := e.pg.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitNewSlotPID("outbox_relay", before, 60*time.Second)
+	e.waitGrowth(200, 60*time.Second)
+
+	if err := e.kafka.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGrowth(200, 60*time.Second)
+	restarts := strings.Count(r.out.String(), "pipeline stopped")
+	e.kafka.Cluster().Close()
+	waitFor(t, 90*time.Second, "the relay to restart its pipeline while the broker is away", func() bool {
+		return strings.Count(r.out.String(), "pipeline stopped") > restarts
+	})
+	if err := e.kafka.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	after := len(p.committed())
+	w.waitCommitted(after+200, 60*time.Second)
+	w.halt()
+	r.mustBeRunning()
+	v := e.waitAllCommitted(p.committed(), 120*time.Second)
+	v.mustHold(t, true)
+	t.Logf("exactly_once, postgres restart + quick and long broker restarts: %s, writer retries=%d", v, w.retries.Load())
+	e.waitConfirmedCatchUp("outbox_relay", 30*time.Second)
+}
+
+const (
+	sigStop = syscall.SIGSTOP
+	sigCont = syscall.SIGCONT
+)
