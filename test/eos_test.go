@@ -25,7 +25,9 @@ import (
 // exactlyOnce is the environment that switches a relay to transactions.
 var exactlyOnce = []string{"RELAY_KAFKA_DELIVERY=exactly_once"}
 
-func withEnv(extra ...string) []string { return append(append([]string(nil), exactlyOnce...), extra...) }
+func withEnv(extra ...string) []string {
+	return append(append([]string(nil), exactlyOnce...), extra...)
+}
 
 // waitAllCommitted waits until a read_committed consumer sees every
 // committed event and returns the verdict on what it sees.
