@@ -368,7 +368,7 @@ func checkKafka(c *checklist, cfg *config.Config) {
 	defer admin.Close() // closes client too
 	c.ok("kafka", fmt.Sprintf("connected to %v (%d broker(s) in the cluster)", cfg.Kafka.Brokers, len(client.Brokers())))
 	if cfg.Kafka.ExactlyOnce() {
-		checkTransactions(c, client, cfg.Kafka)
+		checkTransactions(c, client, cfg.TransactionalID())
 	}
 
 	autoCreate, autoKnown := brokerAutoCreate(client, admin)
@@ -443,18 +443,18 @@ func checkKafka(c *checklist, cfg *config.Config) {
 // transactional id: that needs brokers with transactions (0.11+, the
 // transaction state topic available) and DESCRIBE on the id. It does not
 // initialise the id, which would fence a relay running with it.
-func checkTransactions(c *checklist, client sarama.Client, k config.Kafka) {
+func checkTransactions(c *checklist, client sarama.Client, id string) {
 	what := "kafka transactions"
-	b, err := client.TransactionCoordinator(k.TransactionalID)
+	b, err := client.TransactionCoordinator(id)
 	if err != nil {
 		fix := "exactly_once needs Kafka 0.11 or later with the transaction coordinator up (transaction.state.log.replication.factor brokers available)"
 		if errors.Is(err, sarama.ErrTransactionalIDAuthorizationFailed) || errors.Is(err, sarama.ErrClusterAuthorizationFailed) {
-			fix = sink.TxnACLHint(k.TransactionalID)
+			fix = sink.TxnACLHint(id)
 		}
-		c.fail(what, fmt.Sprintf("no transaction coordinator for transactional id %q: %v", k.TransactionalID, err), fix)
+		c.fail(what, fmt.Sprintf("no transaction coordinator for transactional id %q: %v", id, err), fix)
 		return
 	}
-	c.ok(what, fmt.Sprintf("transactional id %q has its coordinator on broker %d; the relay also needs WRITE on it, checked when it starts", k.TransactionalID, b.ID()))
+	c.ok(what, fmt.Sprintf("transactional id %q has its coordinator on broker %d; the relay also needs WRITE on it, checked when it starts", id, b.ID()))
 }
 
 // brokerAutoCreate reads auto.create.topics.enable from one broker; ok is
