@@ -25,9 +25,9 @@ type TxnTracker interface {
 	Acker
 	// Acked is the newest position every event before which is acked.
 	Acked() pglogrepl.LSN
-	// SetDurable says a committed progress record covers lsn: the slot may
+	// MarkDurable says a committed progress record covers lsn: the slot may
 	// be confirmed up to it.
-	SetDurable(lsn pglogrepl.LSN)
+	MarkDurable(lsn pglogrepl.LSN)
 }
 
 // TxnProducer publishes events in Kafka transactions for exactly-once
@@ -259,7 +259,7 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		}
 		t = txnState{}
 		p.durable = rec.LSN
-		p.tr.SetDurable(rec.LSN)
+		p.tr.MarkDurable(rec.LSN)
 		return nil
 	}
 
@@ -400,6 +400,8 @@ func (p *TxnProducer) txnError(err error) error {
 	switch {
 	case errors.Is(err, sarama.ErrProducerFenced), errors.Is(err, sarama.ErrInvalidProducerEpoch):
 		return fmt.Errorf("%w: another relay with transactional id %q took over (it fenced this one)", err, p.id)
+	case errors.Is(err, sarama.ErrInvalidTxnState):
+		return fmt.Errorf("%w: the coordinator ended this transaction: another relay with transactional id %q started (and fenced this one), or the transaction outlived its timeout", err, p.id)
 	case errors.Is(err, sarama.ErrTransactionalIDAuthorizationFailed), errors.Is(err, sarama.ErrTopicAuthorizationFailed),
 		errors.Is(err, sarama.ErrClusterAuthorizationFailed):
 		return fault.Fatal(fmt.Errorf("%w; %s", err, TxnACLHint(p.id)))

@@ -1,0 +1,204 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/relay-dev/relay/internal/devenv"
+	"github.com/relay-dev/relay/pkg/checkpoint"
+	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/decode"
+)
+
+// fakeTracker stands in for the checkpoint tracker: every acked event ends
+// its transaction at 0/1000 + 100*seq.
+type fakeTracker struct {
+	mu      sync.Mutex
+	acked   map[uint64]bool
+	durable []pglogrepl.LSN
+}
+
+func (f *fakeTracker) Ack(seq uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acked[seq] = true
+}
+
+func (f *fakeTracker) Acked() pglogrepl.LSN {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n uint64
+	for f.acked[n] {
+		n++
+	}
+	return 0x1000 + pglogrepl.LSN(100*n)
+}
+
+func (f *fakeTracker) MarkDurable(lsn pglogrepl.LSN) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.durable = append(f.durable, lsn)
+}
+
+func (f *fakeTracker) durables() []pglogrepl.LSN {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]pglogrepl.LSN(nil), f.durable...)
+}
+
+func txnKafka(t *testing.T) (*devenv.Kafka, config.Kafka, config.Pipeline) {
+	t.Helper()
+	kf, err := devenv.StartKafka(devenv.KafkaOptions{Partitions: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kf.Close)
+	k := config.Default().Kafka
+	k.Brokers = []string{kf.Addr()}
+	k.Delivery = config.DeliveryExactlyOnce
+	k.TransactionalID = "relay-test"
+	pl := config.Default().Pipeline
+	pl.TransactionInterval = 20 * time.Millisecond
+	return kf, k, pl
+}
+
+func txnEvent(seq uint64) *decode.Event {
+	id := fmt.Sprintf("ev-%d", seq)
+	return &decode.Event{
+		Table: "public.outbox", Topic: "outbox.event.T", Key: []byte(fmt.Sprintf("k%d", seq%5)), Value: []byte("{}"),
+		ID: id, Headers: []decode.Header{{Key: "id", Value: []byte(id)}}, Partition: -1,
+		Seq: seq, Txn: 0x1000 + pglogrepl.LSN(100*seq) - 50,
+	}
+}
+
+func newTxnTest(t *testing.T, k config.Kafka, pl config.Pipeline, tr TxnTracker) *TxnProducer {
+	t.Helper()
+	base := checkpoint.Record{Slot: "outbox_relay", SystemID: "42"}
+	p, err := NewTxnProducer(k, pl, TxnOptions{ProgressTopic: "relay.progress", Base: base, Resume: checkpoint.Record{LSN: 0x1000}}, tr, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func readCommitted(t *testing.T, addr string, topics ...string) []devenv.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	recs, err := devenv.ReadCommitted(ctx, addr, topics...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// TestTxnProducerCommits sends events and stops cleanly: the events and a
+// progress record for their position are visible to read_committed, and
+// the position is durable only after the commit.
+func TestTxnProducerCommits(t *testing.T) {
+	kf, k, pl := txnKafka(t)
+	tr := &fakeTracker{acked: map[uint64]bool{}}
+	p := newTxnTest(t, k, pl, tr)
+	in := make(chan *decode.Event)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background(), in) }()
+	for i := uint64(0); i < 50; i++ {
+		in <- txnEvent(i)
+	}
+	close(in)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if recs := readCommitted(t, kf.Addr(), "outbox.event.T"); len(recs) != 50 {
+		t.Fatalf("%d events visible to read_committed, want 50", len(recs))
+	}
+	progress := readCommitted(t, kf.Addr(), "relay.progress")
+	if len(progress) == 0 {
+		t.Fatal("no progress record committed")
+	}
+	last, err := checkpoint.UnmarshalRecord(progress[len(progress)-1].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pglogrepl.LSN(0x1000 + 100*50)
+	if last.LSN != want || last.Partial != nil {
+		t.Fatalf("last record at %s %+v, want %s", last.LSN, last.Partial, want)
+	}
+	if d := tr.durables(); len(d) == 0 || d[len(d)-1] != want {
+		t.Fatalf("durable positions %v, want the last at %s", d, want)
+	}
+}
+
+// TestTxnProducerAbortsOnError refuses produce with a non-retriable error:
+// Run must fail, nothing may become visible or durable.
+func TestTxnProducerAbortsOnError(t *testing.T) {
+	kf, k, pl := txnKafka(t)
+	pl.TransactionInterval = time.Hour
+	kf.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.UnknownServerError, Count: -1})
+	tr := &fakeTracker{acked: map[uint64]bool{}}
+	p := newTxnTest(t, k, pl, tr)
+	in := make(chan *decode.Event, 10)
+	for i := uint64(0); i < 10; i++ {
+		in <- txnEvent(i)
+	}
+	err := p.Run(context.Background(), in)
+	if err == nil {
+		t.Fatal("Run succeeded while every produce failed")
+	}
+	if recs := readCommitted(t, kf.Addr(), "outbox.event.T", "relay.progress"); len(recs) != 0 {
+		t.Fatalf("%d records visible after an aborted transaction", len(recs))
+	}
+	if d := tr.durables(); len(d) != 0 {
+		t.Fatalf("positions made durable without a commit: %v", d)
+	}
+	t.Logf("error: %v", err)
+}
+
+// TestTxnProducerFenced starts a second producer with the same transactional
+// id while the first has a transaction open: the first must not commit.
+func TestTxnProducerFenced(t *testing.T) {
+	kf, k, pl := txnKafka(t)
+	pl.TransactionInterval = time.Hour
+	pl.TransactionMaxEvents = 5
+	tr := &fakeTracker{acked: map[uint64]bool{}}
+	first := newTxnTest(t, k, pl, tr)
+	in := make(chan *decode.Event)
+	done := make(chan error, 1)
+	go func() { done <- first.Run(context.Background(), in) }()
+	for i := uint64(0); i < 5; i++ { // one committed transaction
+		in <- txnEvent(i)
+	}
+	for i := uint64(5); i < 8; i++ { // and one open
+		in <- txnEvent(i)
+	}
+	second := newTxnTest(t, k, pl, &fakeTracker{acked: map[uint64]bool{}})
+	defer second.halt()
+	in <- txnEvent(8)
+	in <- txnEvent(9) // the fifth event: commit, refused
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("fenced producer still running")
+	}
+	if err == nil || !strings.Contains(err.Error(), "fenced this one") {
+		t.Fatalf("fenced producer ended with %v, want an error saying it was fenced", err)
+	}
+	if !errors.Is(err, context.Canceled) && len(tr.durables()) != 1 {
+		t.Fatalf("durable positions %v: only the first transaction committed", tr.durables())
+	}
+	if recs := readCommitted(t, kf.Addr(), "outbox.event.T"); len(recs) != 5 {
+		t.Fatalf("%d events visible, want the first transaction's 5", len(recs))
+	}
+}
