@@ -383,6 +383,10 @@ func (c *connWriter) uuid() string {
 // receiver consumes the outbox topics with franz-go, independently of the
 // relay's sarama, and notes when each id first arrived.
 type receiver struct {
+	// committed reads as a consumer with isolation.level=read_committed,
+	// which exactly-once delivery needs: records show at their commit.
+	committed bool
+
 	mu    sync.Mutex
 	at    map[string]time.Time
 	err   error
@@ -390,10 +394,15 @@ type receiver struct {
 }
 
 func (rc *receiver) start(ctx context.Context, brokers string) (<-chan struct{}, error) {
+	isolation := kgo.ReadUncommitted()
+	if rc.committed {
+		isolation = kgo.ReadCommitted()
+	}
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(brokers),
 		kgo.ConsumeTopics(topics()...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(isolation),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("creating the kafka consumer: %w", err)

@@ -41,6 +41,9 @@ type options struct {
 	memBatch int
 	stall    time.Duration
 
+	deliveryN        int
+	deliveryDuration time.Duration
+
 	waitTimeout time.Duration
 	resultsDir  string
 	noResults   bool
@@ -48,7 +51,7 @@ type options struct {
 	cpuProfile  string
 }
 
-var sections = []string{"drain", "latency", "memory"}
+var sections = []string{"drain", "latency", "memory", "delivery"}
 
 func main() {
 	o, err := parseFlags(os.Args[1:])
@@ -93,7 +96,7 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("relaybench", flag.ContinueOnError)
 	fs.StringVar(&o.relayBin, "relay", "bench/out/relay", "relay binary to measure")
-	only := fs.String("only", strings.Join(sections, ","), "sections to run, comma-separated: drain,latency,memory")
+	only := fs.String("only", strings.Join(sections, ","), "sections to run, comma-separated: drain,latency,memory,delivery")
 	fs.IntVar(&o.n, "n", 200000, "events per drain run")
 	fs.IntVar(&o.writers, "writers", 4, "writer connections for the drain backlog")
 	fs.IntVar(&o.partitions, "partitions", 6, "partitions of each auto-created topic")
@@ -104,6 +107,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.memN, "mem-n", 1000000, "events in the memory section's backlog")
 	fs.IntVar(&o.memBatch, "mem-batch", 10000, "events per INSERT ... SELECT transaction of the memory backlog")
 	fs.DurationVar(&o.stall, "stall", 10*time.Second, "how long the broker refuses produce in the memory section")
+	fs.IntVar(&o.deliveryN, "delivery-n", 50000, "events of the delivery section's backlog, drained once per kafka.delivery mode")
+	fs.DurationVar(&o.deliveryDuration, "delivery-duration", 15*time.Second, "how long the delivery section streams 1k events/s per mode")
 	fs.DurationVar(&o.waitTimeout, "timeout", 10*time.Minute, "bound on each wait (writes, drains, deliveries)")
 	fs.StringVar(&o.resultsDir, "results", "bench/results", "directory for the <date>-<host>.md results file")
 	fs.BoolVar(&o.noResults, "no-results", false, "print the figures only, write no results file")
@@ -161,6 +166,7 @@ func parseFlags(args []string) (*options, error) {
 	check(o.latencyWriters > 0, "-latency-writers must be positive")
 	check(o.memN > 0 && o.memBatch > 0, "-mem-n and -mem-batch must be positive")
 	check(o.stall >= time.Second, "-stall must be at least 1s")
+	check(o.deliveryN > 0 && o.deliveryDuration >= time.Second, "-delivery-n must be positive and -delivery-duration at least 1s")
 	check(o.waitTimeout > 0, "-timeout must be positive")
 	if len(problems) > 0 {
 		return nil, errors.New(strings.Join(problems, "; "))
@@ -199,6 +205,11 @@ func run(ctx context.Context, o *options) error {
 	if o.runs("memory") && ctx.Err() == nil {
 		if err := runMemory(ctx, o, res); err != nil {
 			errs = append(errs, fmt.Errorf("memory: %w", err))
+		}
+	}
+	if o.runs("delivery") && ctx.Err() == nil {
+		if err := runDelivery(ctx, o, res); err != nil {
+			errs = append(errs, fmt.Errorf("delivery: %w", err))
 		}
 	}
 	if ctx.Err() != nil {

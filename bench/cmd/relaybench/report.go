@@ -47,6 +47,7 @@ type results struct {
 	drain             []drainRun
 	latency           []latencyRun
 	memory            *memoryRun
+	delivery          []deliveryRun
 	errs              []error
 }
 
@@ -181,6 +182,7 @@ func (r *results) table() string {
 			fmt.Fprintf(tw, "memory\t%dk backlog: peak RSS, drain after stall\t%s, %.0f events/s\t\t\n", m.events/1000, mb(m.peak), rate(m.events, m.drainAfter))
 		}
 	}
+	r.deliveryTable(func(format string, args ...any) { fmt.Fprintf(tw, format, args...) })
 	tw.Flush()
 	return b.String()
 }
@@ -302,6 +304,7 @@ func (r *results) markdown() string {
 		}
 		p("RSS samples during the stall (MB): %s. Pipeline restarts: %.0f.\n\n", strings.Join(s, " "), m.reconnects)
 	}
+	r.deliveryMarkdown(p)
 	p("## Noise\n\n")
 	p("Everything (Postgres, the relay, the kfake broker, the writers and the consumer) shares the %d cores, ", r.cores)
 	p("so each process's CPU competes with the others: rates and tail latencies move by tens of percent between runs, and more when the machine has other work (load average above). Compare runs on the same machine only.\n")
