@@ -148,24 +148,47 @@ func (p *Pipeline) attempt(stop context.Context) error {
 		Slot: pg.Slot, SystemID: rc.System.SystemID, Timeline: rc.System.Timeline,
 		Version: p.version, Fingerprint: Fingerprint(p.cfg),
 	}
-	start, err := p.resume(stop, slot, rc, store, base)
+	var sobs sink.Observer
+	if p.obs != nil {
+		sobs = p.obs
+	}
+	var txp *sink.TxnProducer
+	if p.cfg.Kafka.ExactlyOnce() {
+		// Initialising the transactional id fences every older producer
+		// with it and aborts what they left open, so the record read next
+		// is the newest that can ever be committed.
+		if txp, err = p.newTxnProducer(base, sobs); err != nil {
+			p.reconnect("kafka")
+			return err
+		}
+	}
+	start, partial, err := p.resume(stop, slot, rc, store, base)
 	if err != nil {
+		if txp != nil {
+			txp.Close()
+		}
 		return err
 	}
 	p.tracker.Reset(start)
 
 	dec, err := decode.NewDecoder(p.cfg.Outbox, p.cfg.Messages, p.log)
 	if err != nil {
+		if txp != nil {
+			txp.Close()
+		}
 		return fault.Fatal(err)
 	}
-	var sobs sink.Observer
-	if p.obs != nil {
-		sobs = p.obs
-	}
-	prod, err := sink.NewProducer(p.cfg.Kafka, p.tracker, sobs, p.log)
-	if err != nil {
-		p.reconnect("kafka")
-		return err
+	var run func(context.Context, <-chan *decode.Event) error
+	if txp != nil {
+		txp.ResumeFrom(start, partial)
+		run = txp.Run
+	} else {
+		prod, err := sink.NewProducer(p.cfg.Kafka, p.tracker, sobs, p.log)
+		if err != nil {
+			p.reconnect("kafka")
+			return err
+		}
+		run = prod.Run
 	}
 	p.kafkaUp.Store(true)
 
@@ -180,7 +203,7 @@ func (p *Pipeline) attempt(stop context.Context) error {
 	g, gctx := errgroup.WithContext(hard)
 	events := make(chan *decode.Event, 1024)
 	streamDone := make(chan struct{})
-	st := &logrepl.Stream{Conn: rc, PG: pg, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: p.tracker, Stats: &p.stats, Log: p.log, Tables: p.cfg.Outbox}
+	st := &logrepl.Stream{Conn: rc, PG: pg, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: p.tracker, Resume: partial, Stats: &p.stats, Log: p.log, Tables: p.cfg.Outbox}
 	g.Go(func() error {
 		defer close(streamDone)
 		p.streamed = true
@@ -199,26 +222,34 @@ func (p *Pipeline) attempt(stop context.Context) error {
 		return logrepl.WatchPublication(gctx, stop, p.cfg.Postgres, p.cfg.Outbox, logrepl.PublicationCheckInterval, p.log)
 	})
 	g.Go(func() error {
-		err := prod.Run(gctx, events)
+		err := run(gctx, events)
 		if err != nil && !errors.Is(err, context.Canceled) {
 			p.reconnect("kafka")
 			return fmt.Errorf("kafka: %w", err)
 		}
 		return err
 	})
-	g.Go(func() error { return p.writeProgress(gctx, streamDone, store, base) })
+	if txp == nil {
+		// Exactly once, the progress record travels in each Kafka
+		// transaction instead.
+		g.Go(func() error { return p.writeProgress(gctx, streamDone, store, base) })
+	}
 	return g.Wait()
 }
 
 // resume decides where this attempt streams from, creating the slot when
 // that is what the progress record allows, and makes sure a progress record
 // vouches for the start before anything is confirmed.
-func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logrepl.ReplConn, store *sink.ProgressStore, base checkpoint.Record) (pglogrepl.LSN, error) {
+//
+// A record that ends inside a transaction (exactly-once delivery splits
+// large ones across Kafka transactions) also returns the part of it that is
+// already in Kafka, for the stream to skip.
+func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logrepl.ReplConn, store *sink.ProgressStore, base checkpoint.Record) (pglogrepl.LSN, *checkpoint.Partial, error) {
 	pg := p.cfg.Postgres
 	loaded, err := store.Load(ctx, pg.Slot, base.SystemID)
 	if err != nil {
 		p.reconnect("kafka")
-		return 0, err
+		return 0, nil, err
 	}
 	in := checkpoint.Resume{
 		Slot: pg.Slot, SlotExists: slot.Exists, SlotConfirmed: slot.Confirmed,
@@ -230,7 +261,7 @@ func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logre
 	}
 	d, err := checkpoint.Decide(in)
 	if err != nil {
-		return 0, fault.Fatal(err)
+		return 0, nil, fault.Fatal(err)
 	}
 	for _, w := range d.Warnings {
 		p.log.Warn().Str("slot", pg.Slot).Msg(w)
@@ -238,12 +269,12 @@ func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logre
 	start := d.Start
 	if d.CreateSlot {
 		if !pg.CreateSlot {
-			return 0, fault.Fatal(fmt.Errorf("replication slot %q does not exist and postgres.create_slot is false (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'))", pg.Slot, pg.Slot))
+			return 0, nil, fault.Fatal(fmt.Errorf("replication slot %q does not exist and postgres.create_slot is false (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'))", pg.Slot, pg.Slot))
 		}
 		created, err := rc.CreateSlot(ctx, pg.Slot, logrepl.SlotOptions{Failover: pg.SlotFailover})
 		if err != nil {
 			p.reconnect("postgres")
-			return 0, err
+			return 0, nil, err
 		}
 		start = created.ConsistentPoint
 		p.log.Info().Str("slot", pg.Slot).Stringer("lsn", start).Msg("created replication slot; outbox rows committed from now on are relayed")
@@ -253,7 +284,7 @@ func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logre
 		rec.LSN, rec.Time = start, time.Now()
 		if err := store.Save(ctx, rec); err != nil {
 			p.reconnect("kafka")
-			return 0, err
+			return 0, nil, err
 		}
 	}
 	if slot.Exists && start > slot.Confirmed {
@@ -262,7 +293,13 @@ func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logre
 		p.log.Info().Stringer("slot", slot.Confirmed).Stringer("from", start).
 			Msg("slot is behind the progress record (Postgres did not persist its position); resuming from the record")
 	}
-	return start, nil
+	var partial *checkpoint.Partial
+	if loaded.Found && loaded.Record.LSN == start && loaded.Record.Partial != nil {
+		partial = loaded.Record.Partial
+		p.log.Info().Stringer("from", start).Stringer("commit_lsn", partial.CommitLSN).Int("events", partial.Events).
+			Msg("the progress record ends inside a transaction: its first events are already in Kafka and will be skipped")
+	}
+	return start, partial, nil
 }
 
 // writeProgress makes acked positions durable: it writes a progress record
@@ -306,6 +343,13 @@ func (p *Pipeline) writeProgress(ctx context.Context, streamDone <-chan struct{}
 		last, written = time.Now(), acked
 		tr.MarkDurable(acked)
 	}
+}
+
+// newTxnProducer connects the exactly-once producer.
+func (p *Pipeline) newTxnProducer(base checkpoint.Record, obs sink.Observer) (*sink.TxnProducer, error) {
+	k := p.cfg.Kafka
+	k.TransactionalID = p.cfg.TransactionalID()
+	return sink.NewTxnProducer(k, p.cfg.Pipeline, base, p.tracker, obs, p.log)
 }
 
 // confirmGap spaces progress records while acks move: a crash re-sends at

@@ -47,7 +47,7 @@ type TxnProducer struct {
 	log    zerolog.Logger
 	id     string
 
-	oversize *oversize
+	unpub *unpublishable
 
 	topic string            // the progress topic
 	base  checkpoint.Record // slot, system id, timeline, version, fingerprint
@@ -62,15 +62,6 @@ type TxnProducer struct {
 	// transaction an earlier one left open.
 	last    checkpoint.EventPos
 	durable pglogrepl.LSN
-}
-
-// TxnOptions are what a transactional producer writes besides the events.
-type TxnOptions struct {
-	ProgressTopic string
-	// Base is the progress record without its position; Resume is the
-	// committed record the pipeline resumed from.
-	Base   checkpoint.Record
-	Resume checkpoint.Record
 }
 
 // TxnSaramaConfig is SaramaConfig for a transactional producer with the
@@ -98,7 +89,10 @@ func TxnSaramaConfig(k config.Kafka) (*sarama.Config, error) {
 // fences every older producer with the same id (a zombie, a twin, this
 // relay's previous attempt) and aborts a transaction it left open: from
 // here on only this producer can commit.
-func NewTxnProducer(k config.Kafka, pl config.Pipeline, o TxnOptions, tr TxnTracker, obs Observer, log zerolog.Logger) (*TxnProducer, error) {
+//
+// base is the progress record without its position. Call ResumeFrom with
+// the committed record read after this, then Run; or Close.
+func NewTxnProducer(k config.Kafka, pl config.Pipeline, base checkpoint.Record, tr TxnTracker, obs Observer, log zerolog.Logger) (*TxnProducer, error) {
 	sc, err := TxnSaramaConfig(k)
 	if err != nil {
 		return nil, err
@@ -119,15 +113,25 @@ func NewTxnProducer(k config.Kafka, pl config.Pipeline, o TxnOptions, tr TxnTrac
 	idle := max(pl.TransactionInterval, time.Second)
 	p := &TxnProducer{
 		ap: ap, client: client, tr: tr, obs: obs, log: log, id: k.TransactionalID,
-		oversize: newOversize(k, obs, log),
-		topic:    o.ProgressTopic, base: o.Base,
+		unpub:    newUnpublishable(k, obs, log, client.Partitions),
+		topic:    k.ProgressTopic, base: base,
 		interval: pl.TransactionInterval, idle: idle,
 		maxEvents: pl.TransactionMaxEvents, maxBytes: pl.TransactionMaxBytes,
-		last:    checkpoint.ResumePos(o.Resume.Partial),
-		durable: o.Resume.LSN,
 	}
 	log.Info().Str("transactional_id", k.TransactionalID).Msg("kafka transactions initialised; older producers with this transactional id are fenced")
 	return p, nil
+}
+
+// ResumeFrom sets where the stream resumes: the committed record's position
+// and the part of a transaction it already covers.
+func (p *TxnProducer) ResumeFrom(lsn pglogrepl.LSN, partial *checkpoint.Partial) {
+	p.durable, p.last = lsn, checkpoint.ResumePos(partial)
+}
+
+// Close releases a producer that Run was never called on.
+func (p *TxnProducer) Close() {
+	p.ap.AsyncClose()
+	p.halt()
 }
 
 // TxnACLHint names what a principal needs for exactly-once delivery.
@@ -190,15 +194,20 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		for perr := range p.ap.Errors() {
 			var err error
 			if it, ok := perr.Msg.Metadata.(*item); ok {
-				err = fmt.Errorf("publishing event %s of %s to topic %s: %w", it.ev.ID, it.ev.Table, it.ev.Topic, perr.Err)
+				// A topic refused for good is remembered, so that the next
+				// attempt handles its events in place (by
+				// kafka.on_unpublishable) before sending them.
+				if err = p.unpub.refused(it.ev, perr.Err); err == nil {
+					err = p.txnError(fmt.Errorf("publishing event %s of %s to topic %s: %w", it.ev.ID, it.ev.Table, it.ev.Topic, perr.Err))
+				}
 			} else {
-				err = fmt.Errorf("publishing the progress record to topic %s: %w", p.topic, perr.Err)
+				err = p.txnError(fmt.Errorf("publishing the progress record to topic %s: %w", p.topic, perr.Err))
 			}
 			if p.obs != nil {
 				p.obs.PublishError(reason(perr.Err))
 			}
 			select {
-			case failure <- p.txnError(err):
+			case failure <- err:
 			default:
 			}
 			settle()
@@ -277,8 +286,11 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 					}
 					return nil
 				}
+				// An event that can never be published as it is stops the
+				// relay or is replaced by its dead letter record, in its
+				// place: the transaction keeps the order either way.
 				var err error
-				if ev, err = p.oversize.check(ev); err != nil {
+				if ev, err = p.unpub.check(ev); err != nil {
 					return err
 				}
 				if !t.open {

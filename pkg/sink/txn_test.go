@@ -85,10 +85,11 @@ func txnEvent(seq uint64) *decode.Event {
 func newTxnTest(t *testing.T, k config.Kafka, pl config.Pipeline, tr TxnTracker) *TxnProducer {
 	t.Helper()
 	base := checkpoint.Record{Slot: "outbox_relay", SystemID: "42"}
-	p, err := NewTxnProducer(k, pl, TxnOptions{ProgressTopic: "relay.progress", Base: base, Resume: checkpoint.Record{LSN: 0x1000}}, tr, nil, zerolog.Nop())
+	p, err := NewTxnProducer(k, pl, base, tr, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.ResumeFrom(0x1000, nil)
 	return p
 }
 
