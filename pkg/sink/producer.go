@@ -177,6 +177,9 @@ func (p explicitPartitioner) Partition(msg *sarama.ProducerMessage, n int32) (in
 		}
 		return it.ev.Partition, nil
 	}
+	if _, ok := msg.Metadata.(progressMsg); ok {
+		return 0, nil // the progress store reads partition 0 only
+	}
 	return p.next.Partition(msg, n)
 }
 

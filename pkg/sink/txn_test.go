@@ -203,3 +203,74 @@ func TestTxnProducerFenced(t *testing.T) {
 		t.Fatalf("%d events visible, want the first transaction's 5", len(recs))
 	}
 }
+
+// TestTxnRecordLoads reads the record a committed transaction carried back
+// through the progress store, as the next start does.
+func TestTxnRecordLoads(t *testing.T) {
+	_, k, pl := txnKafka(t)
+	store, err := OpenProgress(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := store.Save(context.Background(), checkpoint.Record{Slot: "outbox_relay", SystemID: "42", LSN: 0x1000}); err != nil {
+		t.Fatal(err)
+	}
+	tr := &fakeTracker{acked: map[uint64]bool{}}
+	p := newTxnTest(t, k, pl, tr)
+	in := make(chan *decode.Event)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background(), in) }()
+	for i := uint64(0); i < 20; i++ {
+		in <- txnEvent(i)
+	}
+	close(in)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := store.Load(context.Background(), "outbox_relay", "42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := pglogrepl.LSN(0x1000 + 100*20); !loaded.Found || loaded.Record.LSN != want {
+		t.Fatalf("loaded %+v, want the committed record at %s", loaded, want)
+	}
+}
+
+func TestTxnRecordLoadsAfterAbandon(t *testing.T) {
+	kf, k, pl := txnKafka(t)
+	pl.TransactionMaxEvents = 5
+	pl.TransactionInterval = time.Hour
+	store, err := OpenProgress(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := store.Save(context.Background(), checkpoint.Record{Slot: "outbox_relay", SystemID: "42", LSN: 0x1000}); err != nil {
+		t.Fatal(err)
+	}
+	tr := &fakeTracker{acked: map[uint64]bool{}}
+	p := newTxnTest(t, k, pl, tr)
+	in := make(chan *decode.Event)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, in) }()
+	for i := uint64(0); i < 22; i++ {
+		in <- txnEvent(i)
+	}
+	p.halt()
+	cancel()
+	<-done
+	p2 := newTxnTest(t, k, pl, &fakeTracker{acked: map[uint64]bool{}})
+	defer p2.Close()
+	loaded, err := store.Load(context.Background(), "outbox_relay", "42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := readCommitted(t, kf.Addr(), "relay.progress")
+	raw, _ := devenv.ReadAll(context.Background(), kf.Addr(), "relay.progress")
+	t.Logf("durable %v; committed progress records %d, all %d; loaded %s", tr.durables(), len(all), len(raw), loaded.Record.LSN)
+	if d := tr.durables(); !loaded.Found || loaded.Record.LSN != d[len(d)-1] {
+		t.Fatalf("loaded %+v, want the last committed record at %s", loaded, d[len(d)-1])
+	}
+}
