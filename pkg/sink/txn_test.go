@@ -208,7 +208,7 @@ func TestTxnProducerFenced(t *testing.T) {
 // through the progress store, as the next start does.
 func TestTxnRecordLoads(t *testing.T) {
 	_, k, pl := txnKafka(t)
-	store, err := OpenProgress(k)
+	store, err := OpenProgress(k, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestTxnRecordLoadsAfterAbandon(t *testing.T) {
 	kf, k, pl := txnKafka(t)
 	pl.TransactionMaxEvents = 5
 	pl.TransactionInterval = time.Hour
-	store, err := OpenProgress(k)
+	store, err := OpenProgress(k, true)
 	if err != nil {
 		t.Fatal(err)
 	}
