@@ -113,8 +113,8 @@ func NewTxnProducer(k config.Kafka, pl config.Pipeline, base checkpoint.Record, 
 	idle := max(pl.TransactionInterval, time.Second)
 	p := &TxnProducer{
 		ap: ap, client: client, tr: tr, obs: obs, log: log, id: k.TransactionalID,
-		unpub:    newUnpublishable(k, obs, log, client.Partitions),
-		topic:    k.ProgressTopic, base: base,
+		unpub: newUnpublishable(k, obs, log, client.Partitions),
+		topic: k.ProgressTopic, base: base,
 		interval: pl.TransactionInterval, idle: idle,
 		maxEvents: pl.TransactionMaxEvents, maxBytes: pl.TransactionMaxBytes,
 	}
@@ -240,11 +240,17 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 	// commit ends the open transaction (opening one for the record alone
 	// if none is), with the progress record as its last message.
 	commit := func() error {
+		check := time.NewTicker(txnStatusEvery)
+		defer check.Stop()
 		for pending.Load() > 0 {
 			select {
 			case <-drained:
 			case err := <-failure:
 				return err
+			case <-check.C:
+				if err := p.doomed(); err != nil {
+					return err
+				}
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -313,6 +319,9 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 					timer.Reset(p.idle)
 				}
 			case <-timer.C:
+				if err := p.doomed(); err != nil {
+					return err
+				}
 				switch {
 				case t.open && time.Since(t.opened) >= p.interval:
 					if err := commit(); err != nil {
@@ -344,6 +353,24 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		p.abort()
 	}
 	return err
+}
+
+// txnStatusEvery is how often a wait for acks looks at the transaction's
+// state: sarama retries a fenced producer's batches (PRODUCER_FENCED, which
+// it does not treat as final) for as long as its retries last, while the
+// transaction itself can no longer commit.
+const txnStatusEvery = 100 * time.Millisecond
+
+// doomed reports a transaction that can no longer commit.
+func (p *TxnProducer) doomed() error {
+	st := p.ap.TxnStatus()
+	switch {
+	case st&sarama.ProducerTxnFlagFatalError != 0:
+		return fmt.Errorf("kafka transaction failed for good (%s): %w", st, p.txnError(sarama.ErrProducerFenced))
+	case st&sarama.ProducerTxnFlagAbortableError != 0:
+		return fmt.Errorf("kafka transaction failed (%s); it is aborted and the relay resumes from the last committed progress record", st)
+	}
+	return nil
 }
 
 // txnState is the open Kafka transaction.
