@@ -148,19 +148,7 @@ func TestFailover(t *testing.T) {
 	p := newProducer()
 	w := f.startSteadyWriter(p, 10*time.Millisecond)
 	f.waitGrowth(200, 60*time.Second)
-	// The standby's copy of the slot must be persistent (synced and no
-	// longer temporary) and have moved past the start, or the promotion
-	// would find nothing to continue from.
-	var startLSN string
-	if err := queryOn(f.primary, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'outbox_relay'", &startLSN); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 90*time.Second, "the standby to hold a synchronized copy of the slot", func() bool {
-		var ok bool
-		err := queryOn(f.standby, fmt.Sprintf(`SELECT synced AND failover AND NOT temporary AND confirmed_flush_lsn >= '%s'
-			FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`, startLSN), &ok)
-		return err == nil && ok
-	})
+	f.waitSyncedCopy()
 	check, _ := runRelay(t, f.config(""), "check")
 	if want := "✓ failover: slot outbox_relay is a failover slot; synchronized_standby_slots = standby1"; !strings.Contains(check, want) {
 		t.Errorf("relay check lacks %q:\n%s", want, check)
@@ -202,7 +190,79 @@ func TestFailover(t *testing.T) {
 	r.mustBeRunning()
 	status, _ = runRelay(t, f.config(""), "status")
 	t.Logf("relay status after the failover:\n%s", status)
+	f.verifyFailover(p, w, r)
+	if n := strings.Count(r.out.String(), "created replication slot"); n != 1 {
+		t.Errorf("the relay created the slot %d times, want once (on the old primary)", n)
+	}
+}
 
+// TestFailoverRelayRestarted loses the relay together with the primary
+// (kill -9 first) and starts a fresh one after the promotion. It knows
+// nothing of the old primary but its progress record, which must be where
+// it resumes from: the synchronized copy of the slot may be behind.
+func TestFailoverRelayRestarted(t *testing.T) {
+	f := newFailoverEnv(t, 17, true)
+	cfg := f.config(outboxOnly)
+	r := f.startRelay(cfg, "RELAY_POSTGRES_SLOT_FAILOVER=true")
+	f.waitStreaming("outbox_relay")
+	p := newProducer()
+	w := f.startSteadyWriter(p, 10*time.Millisecond)
+	f.waitGrowth(200, 60*time.Second)
+	f.waitSyncedCopy()
+	f.waitGrowth(100, 60*time.Second)
+
+	r.kill()
+	if err := f.primary.StopImmediate(); err != nil {
+		t.Fatal(err)
+	}
+	var copyLSN string
+	if err := queryOn(f.standby, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'outbox_relay'", &copyLSN); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := f.standby.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.pg = f.standby
+	before := len(p.committed())
+	r2 := f.startRelay(cfg, "RELAY_POSTGRES_SLOT_FAILOVER=true")
+	f.waitStreaming("outbox_relay")
+	t.Logf("the synchronized copy of the slot was at %s at the promotion", copyLSN)
+	w.waitCommitted(before+300, 90*time.Second)
+	f.waitGrowth(200, 60*time.Second)
+	w.halt()
+	r2.mustBeRunning()
+	f.verifyFailover(p, w, r, r2)
+	if strings.Contains(r2.out.String(), "created replication slot") {
+		t.Errorf("the new relay created a slot")
+	}
+}
+
+// waitSyncedCopy waits until the standby's copy of the slot is persistent
+// (synced and no longer temporary) and past where the primary's slot is
+// now, or a promotion would find nothing to continue from.
+func (f *failoverEnv) waitSyncedCopy() {
+	f.t.Helper()
+	var lsn string
+	if err := queryOn(f.primary, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'outbox_relay'", &lsn); err != nil {
+		f.t.Fatal(err)
+	}
+	waitFor(f.t, 90*time.Second, "the standby to hold a synchronized copy of the slot", func() bool {
+		var ok bool
+		err := queryOn(f.standby, fmt.Sprintf(`SELECT synced AND failover AND NOT temporary AND confirmed_flush_lsn >= '%s'
+			FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`, lsn), &ok)
+		return err == nil && ok
+	})
+}
+
+// verifyFailover checks Kafka against what the new primary has: every row
+// there delivered in per-key order, nothing else (a phantom has an id the
+// new primary does not know). It logs duplicates and what the writer lost
+// with the old primary.
+func (f *failoverEnv) verifyFailover(p *producer, w *steadyWriter, relays ...*relay) {
+	t := f.t
+	t.Helper()
 	truth := outboxRows(t, f.standby)
 	acked := p.committed()
 	v, err := f.collectDelivered(truth, 90*time.Second)
@@ -214,18 +274,17 @@ func TestFailover(t *testing.T) {
 	}
 	t.Logf("failover: %s phantoms=%d; the writer saw %d commits acknowledged, the new primary has %d rows (%d lost with the old primary, asynchronous replication); writer retries=%d ambiguous_commits=%d",
 		v, phantoms, len(acked), len(truth), len(acked)-len(truth), w.retries.Load(), w.ambiguous.Load())
+	for _, r := range relays {
+		for _, l := range strings.Split(r.out.String(), "\n") {
+			if strings.Contains(l, "pipeline stopped") || strings.Contains(l, "streaming from") || strings.Contains(l, "resum") || strings.Contains(l, "timeline") {
+				t.Logf("relay: %s", l)
+			}
+		}
+	}
 	if err != nil {
 		t.Fatalf("%v\n%s", err, strings.Join(v.problems, "\n"))
 	}
-	for _, l := range strings.Split(r.out.String(), "\n") {
-		if strings.Contains(l, "pipeline stopped") || strings.Contains(l, "streaming from") || strings.Contains(l, "resuming") {
-			t.Logf("relay: %s", l)
-		}
-	}
 	v.mustHold(t, false)
-	if n := strings.Count(r.out.String(), "created replication slot"); n != 1 {
-		t.Errorf("the relay created the slot %d times, want once (on the old primary)", n)
-	}
 	f.waitConfirmedCatchUp("outbox_relay", 30*time.Second)
 }
 
@@ -301,12 +360,42 @@ func TestSlotFailover(t *testing.T) {
 // standby does not have (PostgreSQL 16: no failover slots). Events committed
 // since the relay's confirmed position are unreachable on the new primary,
 // so the relay must stop with a clear error, not create a fresh slot and
-// skip them. Here the slot is the operator's (postgres.create_slot: false).
+// skip them: with the default settings because it streamed from the slot
+// (and has a progress record of it), with postgres.create_slot: false
+// because it may not create one.
 func TestFailoverWithoutFailoverSlot(t *testing.T) {
-	f := newFailoverEnv(t, 16, false)
-	f.exec("CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert', publish_via_partition_root = true)", f.db)
-	f.exec("SELECT pg_create_logical_replication_slot('outbox_relay', 'pgoutput')", f.db)
-	r := f.startRelay(f.config(outboxOnly), "RELAY_POSTGRES_CREATE_SLOT=false")
+	t.Run("default", func(t *testing.T) {
+		f := newFailoverEnv(t, 16, false)
+		r := f.startRelay(f.config(outboxOnly))
+		out := failOverUnderLoad(t, f, r)
+		last := lastLine(out)
+		if !strings.Contains(last, `replication slot "outbox_relay"`) || !(strings.Contains(last, "missing") || strings.Contains(last, "vanished")) {
+			t.Errorf("want a failure naming slot outbox_relay as missing; last line: %s", last)
+		}
+		if n := strings.Count(out, "created replication slot"); n != 1 {
+			t.Errorf("the relay created the slot %d times, want once (on the old primary)", n)
+		}
+	})
+	t.Run("create_slot=false", func(t *testing.T) {
+		f := newFailoverEnv(t, 16, false)
+		f.exec("CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert', publish_via_partition_root = true)", f.db)
+		f.exec("SELECT pg_create_logical_replication_slot('outbox_relay', 'pgoutput')", f.db)
+		r := f.startRelay(f.config(outboxOnly), "RELAY_POSTGRES_CREATE_SLOT=false")
+		out := failOverUnderLoad(t, f, r)
+		if last := lastLine(out); !strings.Contains(last, `replication slot "outbox_relay" does not exist`) {
+			t.Errorf("want a failure naming slot outbox_relay as missing; last line: %s", last)
+		}
+		if strings.Contains(out, "created replication slot") {
+			t.Errorf("the relay created a slot")
+		}
+	})
+}
+
+// failOverUnderLoad stops the primary under steady writes, promotes the
+// standby, waits for the relay to exit non-zero and checks no slot of its
+// name appeared on the new primary. It returns the relay's output.
+func failOverUnderLoad(t *testing.T, f *failoverEnv, r *relay) string {
+	t.Helper()
 	f.waitStreaming("outbox_relay")
 	p := newProducer()
 	w := f.startSteadyWriter(p, 10*time.Millisecond)
@@ -323,16 +412,13 @@ func TestFailoverWithoutFailoverSlot(t *testing.T) {
 	f.pg = f.standby
 	code, out := r.wait(90 * time.Second)
 	w.halt()
-	last := lastLine(out)
-	t.Logf("relay exited %d: %s", code, last)
-	if code == 0 || !strings.Contains(last, `replication slot "outbox_relay" does not exist`) {
-		t.Errorf("exit %d, want a failure naming slot outbox_relay as missing; last line: %s", code, last)
-	}
-	if strings.Contains(out, "created replication slot") {
-		t.Errorf("the relay created a slot")
+	t.Logf("relay exited %d: %s", code, lastLine(out))
+	if code == 0 {
+		t.Errorf("relay exited 0")
 	}
 	var n int
 	if err := queryOn(f.standby, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'outbox_relay'", &n); err != nil || n != 0 {
 		t.Errorf("new primary has %d slots named outbox_relay (%v), want none", n, err)
 	}
+	return out
 }
