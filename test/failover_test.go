@@ -369,7 +369,9 @@ func TestFailoverWithoutFailoverSlot(t *testing.T) {
 		r := f.startRelay(f.config(outboxOnly))
 		out := failOverUnderLoad(t, f, r)
 		last := lastLine(out)
-		if !strings.Contains(last, `replication slot "outbox_relay"`) || !(strings.Contains(last, "missing") || strings.Contains(last, "vanished")) {
+		named := strings.Contains(last, `replication slot "outbox_relay"`)
+		missing := strings.Contains(last, "missing") || strings.Contains(last, "vanished")
+		if !named || !missing {
 			t.Errorf("want a failure naming slot outbox_relay as missing; last line: %s", last)
 		}
 		if n := strings.Count(out, "created replication slot"); n != 1 {
