@@ -260,7 +260,7 @@ func TestTxnRecordLoadsAfterAbandon(t *testing.T) {
 	}
 	p.halt()
 	cancel()
-	<-done
+	t.Logf("run after halt and cancel: %v", <-done)
 	p2 := newTxnTest(t, k, pl, &fakeTracker{acked: map[uint64]bool{}})
 	defer p2.Close()
 	loaded, err := store.Load(context.Background(), "outbox_relay", "42")
