@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/relay-dev/relay/internal/devenv"
@@ -49,8 +50,13 @@ func runDelivery(ctx context.Context, o *options, res *results) error {
 	if res.pgVersion == "" {
 		res.pgVersion = w.serverVersion(ctx)
 	}
-	slots := map[string]string{"at_least_once": "relay_alo", "exactly_once": "relay_eos"}
-	if err := w.createSlots(ctx, slots["at_least_once"], slots["exactly_once"]); err != nil {
+	// Each mode drains the backlog twice, in the order at_least_once,
+	// exactly_once, exactly_once, at_least_once, and its faster pass
+	// counts: the first decoder of a backlog pays for cold caches, and the
+	// order must not favour either mode.
+	order := []string{"at_least_once", "exactly_once", "exactly_once", "at_least_once"}
+	slots := []string{"relay_alo_1", "relay_eos_1", "relay_eos_2", "relay_alo_2"}
+	if err := w.createSlots(ctx, slots...); err != nil {
 		return err
 	}
 	logf("delivery: writing %d events in 1-event transactions over %d connections", o.deliveryN, o.writers)
@@ -65,18 +71,25 @@ func runDelivery(ctx context.Context, o *options, res *results) error {
 	}
 	events := o.deliveryN + 1
 
-	runs := make([]deliveryRun, 0, len(deliveryModes))
-	for _, mode := range deliveryModes {
+	runs := make([]deliveryRun, len(deliveryModes))
+	for i, mode := range deliveryModes {
+		runs[i] = deliveryRun{mode: mode, events: events}
+	}
+	for i, mode := range order {
 		d := deliveryRun{mode: mode, events: events}
-		err := deliveryDrain(ctx, o, w, slots[mode], fence, &d)
-		runs = append(runs, d)
+		err := deliveryDrain(ctx, o, w, slots[i], fence, &d)
 		if err != nil {
 			res.delivery = runs
 			return fmt.Errorf("%s drain: %w", mode, err)
 		}
+		r := &runs[slices.Index(deliveryModes, mode)]
+		if r.drain == 0 || d.drain < r.drain {
+			r.drain, r.drainCPU, r.delivered, r.distinct = d.drain, d.drainCPU, d.delivered, d.distinct
+		}
 	}
+	slot := map[string]string{"at_least_once": slots[0], "exactly_once": slots[1]}
 	for i, mode := range deliveryModes {
-		if err := deliveryLatency(ctx, o, w, slots[mode], &runs[i]); err != nil {
+		if err := deliveryLatency(ctx, o, w, slot[mode], &runs[i]); err != nil {
 			res.delivery = runs
 			return fmt.Errorf("%s latency: %w", mode, err)
 		}
@@ -280,7 +293,7 @@ func (r *results) deliveryMarkdown(p func(format string, args ...any)) {
 	o := r.opts
 	p("## Delivery modes\n\n")
 	p("The same work through `kafka.delivery: at_least_once` and `exactly_once` (default `pipeline.transaction_interval` %s), one after the other on one Postgres, each on a fresh broker and its own slot. ", eosInterval)
-	p("Drain: %d single-event transactions (plus one closing transaction) written before either relay starts; each relay is timed from process start until its slot's `confirmed_flush_lsn` passes the closing transaction (acks at least once, Kafka commits exactly once). ", o.deliveryN)
+	p("Drain: %d single-event transactions (plus one closing transaction) written before either relay starts, drained twice per mode (at_least_once, exactly_once, exactly_once, at_least_once, each on its own slot) and the faster pass of each mode counts; each relay is timed from process start until its slot's `confirmed_flush_lsn` passes the closing transaction (acks at least once, Kafka commits exactly once). ", o.deliveryN)
 	p("Latency: %d events/s for %s, COMMIT returning to a read_committed franz-go consumer receiving the record. ", targetEOSRate, o.deliveryDuration)
 	p("Targets: exactly_once drain >= %.1f x at_least_once; exactly_once p99 <= transaction_interval + %s.\n\n", targetEOSDrainRatio, fmtDur(targetEOSSlack))
 	p("| mode | drain | relay CPU (drain) | read_committed records / distinct | %d/s p50 | p99 | max | lost | relay CPU (cores, latency) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n", targetEOSRate)
