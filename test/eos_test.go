@@ -352,3 +352,37 @@ const (
 	sigStop = syscall.SIGSTOP
 	sigCont = syscall.SIGCONT
 )
+
+// TestExactlyOnceCheck runs relay check with exactly_once: it finds the
+// transaction coordinator, and a broker refusing the transactional id gets a
+// ✗ naming the ACLs.
+func TestExactlyOnceCheck(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	t.Setenv("RELAY_KAFKA_DELIVERY", "exactly_once")
+	out, code := runRelay(t, e.config(outboxOnly), "check")
+	if code != 0 || !strings.Contains(out, `✓ kafka transactions: transactional id "relay-outbox_relay" has its coordinator`) {
+		t.Fatalf("relay check exited %d, want a ✓ for kafka transactions:\n%s", code, out)
+	}
+	fault := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.FindCoordinator}, TxnID: "relay-outbox_relay",
+		Err: kerr.TransactionalIDAuthorizationFailed, Count: -1})
+	defer fault.Remove()
+	out, code = runRelay(t, e.config(outboxOnly), "check")
+	failed := strings.Join(failedLines(out), "\n")
+	if code == 0 || !strings.Contains(failed, "kafka transactions") || !strings.Contains(out, "WRITE and DESCRIBE on TransactionalId") {
+		t.Fatalf("relay check exited %d against a broker refusing the transactional id; want a ✗ naming the ACLs:\n%s", code, out)
+	}
+	t.Logf("refused: %s", failed)
+
+	// The relay itself stops at start, naming the ACLs, rather than
+	// retrying a refusal that waiting cannot fix.
+	fault.Remove()
+	init := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.InitProducerID}, Err: kerr.TransactionalIDAuthorizationFailed, Count: -1})
+	defer init.Remove()
+	r := e.startRelay(e.config(outboxOnly))
+	code, out = r.wait(60 * time.Second)
+	last := lastLine(out)
+	if code == 0 || !strings.Contains(last, "WRITE and DESCRIBE on TransactionalId") || !strings.Contains(last, "IDEMPOTENT_WRITE") {
+		t.Fatalf("relay exited %d against a broker refusing the transactional id; last line: %s", code, last)
+	}
+	t.Logf("relay run: %s", last)
+}
