@@ -217,14 +217,17 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// waitStreaming waits until the relay holds the slot: rows inserted before that
-// would predate the slot.
+// waitStreaming waits until the relay streams from the slot: rows inserted
+// before that would predate the slot. The slot is also active while the
+// relay's walsender creates it (CREATE_REPLICATION_SLOT), before streaming
+// starts, so the walsender's state must have left startup too.
 func (e *env) waitStreaming(slot string) {
 	e.t.Helper()
 	waitFor(e.t, 60*time.Second, "the relay to stream from slot "+slot, func() bool {
-		var active bool
-		err := e.scan("SELECT active FROM pg_replication_slots WHERE slot_name = $1", []any{slot}, &active)
-		return err == nil && active
+		var streaming bool
+		err := e.scan(`SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+			WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming'))`, []any{slot}, &streaming)
+		return err == nil && streaming
 	})
 }
 
