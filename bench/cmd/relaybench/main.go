@@ -39,6 +39,7 @@ type options struct {
 
 	memN     int
 	memBatch int
+	snapN    int
 	stall    time.Duration
 
 	deliveryN        int
@@ -51,7 +52,7 @@ type options struct {
 	cpuProfile  string
 }
 
-var sections = []string{"drain", "latency", "memory", "delivery"}
+var sections = []string{"drain", "latency", "memory", "delivery", "snapshot"}
 
 func main() {
 	o, err := parseFlags(os.Args[1:])
@@ -96,7 +97,7 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("relaybench", flag.ContinueOnError)
 	fs.StringVar(&o.relayBin, "relay", "bench/out/relay", "relay binary to measure")
-	only := fs.String("only", strings.Join(sections, ","), "sections to run, comma-separated: drain,latency,memory,delivery")
+	only := fs.String("only", strings.Join(sections, ","), "sections to run, comma-separated: drain,latency,memory,delivery,snapshot")
 	fs.IntVar(&o.n, "n", 200000, "events per drain run")
 	fs.IntVar(&o.writers, "writers", 4, "writer connections for the drain backlog")
 	fs.IntVar(&o.partitions, "partitions", 6, "partitions of each auto-created topic")
@@ -106,6 +107,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.latencyTwin, "latency-twin", false, "also stream a twin slot with pg_recvlogical during the latency section, as a control for whether Postgres alone keeps up (adds a walsender's load)")
 	fs.IntVar(&o.memN, "mem-n", 1000000, "events in the memory section's backlog")
 	fs.IntVar(&o.memBatch, "mem-batch", 10000, "events per INSERT ... SELECT transaction of the memory backlog")
+	fs.IntVar(&o.snapN, "snap-n", 1000000, "rows in the outbox before the relay's first start, for the snapshot section")
 	fs.DurationVar(&o.stall, "stall", 10*time.Second, "how long the broker refuses produce in the memory section")
 	fs.IntVar(&o.deliveryN, "delivery-n", 50000, "events of the delivery section's backlog, drained once per kafka.delivery mode")
 	fs.DurationVar(&o.deliveryDuration, "delivery-duration", 15*time.Second, "how long the delivery section streams 1k events/s per mode")
@@ -165,6 +167,7 @@ func parseFlags(args []string) (*options, error) {
 	check(o.latencyDuration >= time.Second, "-latency-duration must be at least 1s")
 	check(o.latencyWriters > 0, "-latency-writers must be positive")
 	check(o.memN > 0 && o.memBatch > 0, "-mem-n and -mem-batch must be positive")
+	check(o.snapN > 0, "-snap-n must be positive")
 	check(o.stall >= time.Second, "-stall must be at least 1s")
 	check(o.deliveryN > 0 && o.deliveryDuration >= time.Second, "-delivery-n must be positive and -delivery-duration at least 1s")
 	check(o.waitTimeout > 0, "-timeout must be positive")
@@ -210,6 +213,11 @@ func run(ctx context.Context, o *options) error {
 	if o.runs("delivery") && ctx.Err() == nil {
 		if err := runDelivery(ctx, o, res); err != nil {
 			errs = append(errs, fmt.Errorf("delivery: %w", err))
+		}
+	}
+	if o.runs("snapshot") && ctx.Err() == nil {
+		if err := runSnapshot(ctx, o, res); err != nil {
+			errs = append(errs, fmt.Errorf("snapshot: %w", err))
 		}
 	}
 	if ctx.Err() != nil {
