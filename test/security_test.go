@@ -540,7 +540,8 @@ func pgTLSEnv(t *testing.T, p *pki) *env {
 
 // TestSecurityPostgresTLSLeastPrivilege runs the relay as a role with only
 // LOGIN and REPLICATION (not even SELECT on the outbox: logical decoding
-// checks no table privilege), against a publication the table's owner
+// checks no table privilege; snapshot.mode never, since the initial snapshot
+// does read the table), against a publication the table's owner
 // created, over TLS verified against our CA (sslmode
 // verify-full) on both the regular and the replication connection; then by
 // client certificate; and checks that sslmode=disable is refused with a clear
@@ -570,6 +571,8 @@ func TestSecurityPostgresTLSLeastPrivilege(t *testing.T) {
   create_publication: false
 %skafka:
   brokers: ["%s"]
+snapshot:
+  mode: never                 # the initial snapshot reads the table, which this role may not
 pipeline:
   status_interval: 200ms
   max_backoff: 2s

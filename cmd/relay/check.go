@@ -126,8 +126,42 @@ func checkPostgres(ctx context.Context, c *checklist, cfg *config.Config) {
 	for i, t := range cfg.Outbox {
 		checkOutboxTable(cctx, c, conn, i, t, redact)
 	}
+	if cfg.Snapshot.Mode != config.SnapshotNever {
+		checkSnapshotSelect(cctx, c, conn, cfg, user, redact)
+	}
 	checkPublication(cctx, c, conn, cfg, redact)
 	checkSlot(cctx, c, conn, pg, db, redact)
+}
+
+// checkSnapshotSelect warns when the role cannot read an outbox table: the
+// initial snapshot (of a new slot, or of a table added later) and replay
+// read them with SQL, while streaming needs no table privilege at all.
+func checkSnapshotSelect(ctx context.Context, c *checklist, conn *pgx.Conn, cfg *config.Config, user string, redact func(error) string) {
+	var denied []string
+	for _, t := range cfg.Outbox {
+		schema, name, err := config.SplitTable(t.Table)
+		if err != nil {
+			continue
+		}
+		var ok bool
+		err = conn.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2`, schema, name).Scan(&ok)
+		if err != nil {
+			if !errors.Is(err, pgx.ErrNoRows) {
+				c.fail("snapshot", redact(err), "")
+			}
+			continue
+		}
+		if !ok {
+			denied = append(denied, quoteTable(t.Table))
+		}
+	}
+	if len(denied) == 0 {
+		c.ok("snapshot", fmt.Sprintf("mode %s; %s may read every outbox table", cfg.Snapshot.Mode, user))
+		return
+	}
+	c.warn("snapshot", fmt.Sprintf("mode %s, but %s cannot SELECT from %s: an initial snapshot of a new slot or an added table, and relay replay, would stop", cfg.Snapshot.Mode, user, strings.Join(denied, ", ")),
+		fmt.Sprintf("GRANT SELECT ON %s TO %s, or set snapshot.mode: never", strings.Join(denied, ", "), pgx.Identifier{user}.Sanitize()))
 }
 
 func closeQuietly(conn *pgx.Conn) {

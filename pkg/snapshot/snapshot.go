@@ -11,6 +11,7 @@
 package snapshot
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"github.com/relay-dev/relay/pkg/checkpoint"
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/decode"
+	"github.com/relay-dev/relay/pkg/fault"
 )
 
 // Progress is a run's live state, read by metrics, status and the progress
@@ -115,7 +117,7 @@ func Read(ctx context.Context, conn *pgx.Conn, opts Options, out chan<- *decode.
 		}
 		opts.Log.Info().Str("table", t.Table).Str("order_by", orderOrPhysical(orderBy)).Msg("snapshot: reading table")
 		if err := execSimple(ctx, pc, "DECLARE relay_snapshot NO SCROLL CURSOR FOR "+q); err != nil {
-			return done, fmt.Errorf("snapshot of %s: %s: %w", t.Table, q, err)
+			return done, denied(t, fmt.Errorf("snapshot of %s: %s: %w", t.Table, q, err))
 		}
 		var mapper *decode.RowMapper
 		fetch := "FETCH FORWARD " + strconv.Itoa(max(opts.BatchSize, 1)) + " FROM relay_snapshot"
@@ -123,7 +125,14 @@ func Read(ctx context.Context, conn *pgx.Conn, opts Options, out chan<- *decode.
 		for {
 			rr := pc.ExecParams(ctx, fetch, nil, nil, nil, nil)
 			if mapper == nil {
-				if mapper, err = newMapper(opts.Decoder, t, rr.FieldDescriptions()); err != nil {
+				fields := rr.FieldDescriptions()
+				if len(fields) == 0 {
+					// A failed FETCH describes no columns; its error is the
+					// one to report.
+					_, err := rr.Close()
+					return done, fmt.Errorf("snapshot of %s: %s: %w", t.Table, fetch, cmp.Or(err, errors.New("no columns")))
+				}
+				if mapper, err = newMapper(opts.Decoder, t, fields); err != nil {
 					rr.Close()
 					return done, err
 				}
@@ -134,8 +143,10 @@ func Read(ctx context.Context, conn *pgx.Conn, opts Options, out chan<- *decode.
 				values = append(values[:0], rr.Values()...)
 				ev, err := mapper.Map(values, opts.At)
 				if err != nil {
+					// As in the stream: skipping a row it cannot map would
+					// lose an event.
 					rr.Close()
-					return done, fmt.Errorf("snapshot: %w", err)
+					return done, fault.Fatal(fmt.Errorf("snapshot: %w", err))
 				}
 				if err := handOver(ctx, opts.Tracker, ev, out); err != nil {
 					rr.Close()
@@ -210,7 +221,7 @@ func newMapper(d *decode.Decoder, t config.Table, fields []pgconn.FieldDescripti
 	}
 	m, err := d.RowMapper(schema, name, cols)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
+		return nil, fault.Fatal(fmt.Errorf("snapshot: %w", err))
 	}
 	return m, nil
 }
@@ -254,6 +265,18 @@ func handOver(ctx context.Context, tr *checkpoint.Tracker, ev *decode.Event, out
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// denied makes a missing SELECT privilege fatal with the fix: retrying
+// cannot grant it.
+func denied(t config.Table, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		schema, name, _ := config.SplitTable(t.Table)
+		return fault.Fatal(fmt.Errorf("%w (the initial snapshot and replay read the outbox table: GRANT SELECT ON %s TO the relay's role, or set snapshot.mode: never)",
+			err, pgx.Identifier{schema, name}.Sanitize()))
+	}
+	return err
 }
 
 func execSimple(ctx context.Context, pc *pgconn.PgConn, sql string) error {
