@@ -27,8 +27,9 @@ type Record struct {
 	// Partial, with exactly-once delivery, says that the first events of the
 	// next transaction are already in Kafka.
 	Partial *Partial
-	// Snapshot, while an initial snapshot runs, says the stream must not
-	// move past LSN (the slot's consistent point) until it completes.
+	// Snapshot, while a snapshot runs (Done false), says the stream must
+	// not move past LSN (the slot's consistent point) until it completes;
+	// afterwards it lists the tables whose earlier rows are covered.
 	Snapshot *SnapshotProgress
 	Time     time.Time
 	Version  string
@@ -44,11 +45,20 @@ type Partial struct {
 	Events    int           // how many of its events, in WAL order, are in Kafka
 }
 
-// SnapshotProgress is the state of an initial snapshot.
+// SnapshotProgress is the state of the snapshot of the rows that existed
+// before the stream.
 type SnapshotProgress struct {
-	Done bool // every snapshot row is in Kafka
-	// Tables already snapshotted in full (schema.table), for resuming.
-	Tables []string
+	Done bool `json:"done"` // every snapshot row is in Kafka
+	// Tables (schema.table) whose rows before the stream are covered: read
+	// in full and acknowledged, or deliberately not read (snapshot.mode
+	// never, or a slot older than snapshot state). An interrupted snapshot
+	// resumes with the tables not listed; a table added later is read.
+	Tables []string `json:"tables"`
+	// Rows and RowsEstimate report a running snapshot's progress: rows
+	// handed to the producer by the current run, and the row count the
+	// planner expects (pg_class.reltuples).
+	Rows         int64 `json:"rows,omitempty"`
+	RowsEstimate int64 `json:"rows_estimate,omitempty"`
 }
 
 // recordFormat versions the JSON encoding; readers refuse newer formats

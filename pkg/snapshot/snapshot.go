@@ -70,6 +70,9 @@ type Options struct {
 	At time.Time
 	// OnTable is called after every row of a table was handed over.
 	OnTable func(table string)
+	// OnProgress is called with the rows handed over so far and the
+	// estimate, as often as progress is logged.
+	OnProgress func(rows, estimate int64)
 }
 
 // logEvery is how often a long run logs its progress.
@@ -161,6 +164,9 @@ func Read(ctx context.Context, conn *pgx.Conn, opts Options, out chan<- *decode.
 			if time.Since(lastLog) >= logEvery {
 				lastLog = time.Now()
 				opts.Log.Info().Str("table", t.Table).Int64("rows_done", done).Int64("rows_total_estimate", total).Msg("snapshot in progress")
+				if opts.OnProgress != nil {
+					opts.OnProgress(done, total)
+				}
 			}
 			if rows < opts.BatchSize {
 				break
