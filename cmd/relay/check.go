@@ -12,6 +12,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/relay-dev/relay/pkg/checkpoint"
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/logrepl"
 	"github.com/relay-dev/relay/pkg/metrics"
@@ -597,6 +598,23 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
+// describeSnapshot says how far the snapshot of the rows that predate the
+// stream got, as the progress record tells.
+func describeSnapshot(s *checkpoint.SnapshotProgress) string {
+	tables := "none"
+	if len(s.Tables) > 0 {
+		tables = strings.Join(s.Tables, ", ")
+	}
+	if s.Done {
+		return "complete (tables covered: " + tables + ")"
+	}
+	rows := ""
+	if s.Rows > 0 {
+		rows = fmt.Sprintf(", %d rows published of about %d", s.Rows, s.RowsEstimate)
+	}
+	return fmt.Sprintf("in progress or interrupted (tables done: %s%s); the slot stays at the progress LSN until it completes", tables, rows)
+}
+
 // printProgress prints the relay's progress record next to the slot: the
 // slot may lag it (Postgres before 17 does not persist the slot at
 // shutdown), but must never be ahead of it.
@@ -623,5 +641,8 @@ func printProgress(ctx context.Context, stdout io.Writer, cfg *config.Config) {
 		r := loaded.Record
 		fmt.Fprintf(stdout, "progress_lsn:  %s (written %s by relay %s, timeline %d, system %s, fingerprint %s)\n",
 			r.LSN, r.Time.Format(time.RFC3339), r.Version, r.Timeline, r.SystemID, r.Fingerprint)
+		if sn := r.Snapshot; sn != nil {
+			fmt.Fprintf(stdout, "snapshot:      %s\n", describeSnapshot(sn))
+		}
 	}
 }

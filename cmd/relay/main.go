@@ -130,6 +130,7 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	m.Sources(sources)
 	p := pipeline.New(cfg, version, m, log)
 	m.Watch(p)
+	m.WatchSnapshot(p.SnapshotProgress())
 	stopHTTP, err := startHTTP(cfg, p, m, log)
 	if err != nil {
 		return err

@@ -33,6 +33,7 @@ import (
 	"github.com/relay-dev/relay/pkg/fault"
 	"github.com/relay-dev/relay/pkg/logrepl"
 	"github.com/relay-dev/relay/pkg/sink"
+	"github.com/relay-dev/relay/pkg/snapshot"
 )
 
 // Observer receives pipeline events for metrics; every method may be called
@@ -58,6 +59,10 @@ type Pipeline struct {
 	// after that vanished under the running relay. Only Run's goroutine
 	// touches it.
 	streamed bool
+	// snapState is what progress records say about the snapshot; nil
+	// until an attempt decided it.
+	snapState    atomic.Pointer[checkpoint.SnapshotProgress]
+	snapProgress snapshot.Progress
 }
 
 // New returns a pipeline for cfg; version goes into progress records.
@@ -162,12 +167,15 @@ func (p *Pipeline) attempt(stop context.Context) error {
 			return err
 		}
 	}
-	start, partial, err := p.resume(stop, slot, rc, store, base)
+	start, partial, job, err := p.resume(stop, slot, rc, store, base)
 	if err != nil {
 		if txp != nil {
 			txp.Close()
 		}
 		return err
+	}
+	if job != nil {
+		defer job.conn.Close(context.Background())
 	}
 	p.tracker.Reset(start)
 
@@ -181,6 +189,7 @@ func (p *Pipeline) attempt(stop context.Context) error {
 	var run func(context.Context, <-chan *decode.Event) error
 	if txp != nil {
 		txp.ResumeFrom(start, partial)
+		txp.RecordSnapshot(p.snapState.Load)
 		run = txp.Run
 	} else {
 		prod, err := sink.NewProducer(p.cfg.Kafka, p.tracker, sobs, p.log)
@@ -206,6 +215,29 @@ func (p *Pipeline) attempt(stop context.Context) error {
 	st := &logrepl.Stream{Conn: rc, PG: pg, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: p.tracker, Resume: partial, Stats: &p.stats, Log: p.log, Tables: p.cfg.Outbox}
 	g.Go(func() error {
 		defer close(streamDone)
+		if job != nil {
+			snapDec, err := decode.NewDecoder(p.cfg.Outbox, p.cfg.Messages, p.log)
+			if err != nil {
+				close(events)
+				return fault.Fatal(err)
+			}
+			err = p.runSnapshot(gctx, stop, job, snapDec, store, base, events)
+			if err != nil || stop.Err() != nil || p.cfg.Snapshot.Mode == config.SnapshotInitialOnly {
+				// Nothing streams: the producer finishes what it holds.
+				close(events)
+				if stop.Err() != nil && !fault.IsFatal(err) {
+					return nil
+				}
+				if err == nil {
+					p.log.Info().Msg("snapshot.mode is initial_only: every row is in Kafka; exiting (the slot stays at its consistent point for a later relay run)")
+				}
+				return err
+			}
+		} else if p.cfg.Snapshot.Mode == config.SnapshotInitialOnly {
+			close(events)
+			p.log.Info().Msg("snapshot.mode is initial_only and there is nothing to read: exiting")
+			return nil
+		}
 		p.streamed = true
 		err := st.Run(gctx, stop, events)
 		if err == nil && !p.tracker.Idle() {
@@ -219,7 +251,14 @@ func (p *Pipeline) attempt(stop context.Context) error {
 		return err
 	})
 	g.Go(func() error {
-		return logrepl.WatchPublication(gctx, stop, p.cfg.Postgres, p.cfg.Outbox, logrepl.PublicationCheckInterval, p.log)
+		// Ends with the stream, which initial_only never starts.
+		wctx, cancel := context.WithCancel(gctx)
+		defer cancel()
+		go func() {
+			<-streamDone
+			cancel()
+		}()
+		return logrepl.WatchPublication(wctx, stop, p.cfg.Postgres, p.cfg.Outbox, logrepl.PublicationCheckInterval, p.log)
 	})
 	g.Go(func() error {
 		err := run(gctx, events)
@@ -234,7 +273,18 @@ func (p *Pipeline) attempt(stop context.Context) error {
 		// transaction instead.
 		g.Go(func() error { return p.writeProgress(gctx, streamDone, store, base) })
 	}
-	return g.Wait()
+	err = g.Wait()
+	if s := p.snapState.Load(); err == nil && stop.Err() == nil && txp != nil && job != nil && s != nil && s.Done {
+		// initial_only, exactly once: the transactional producer committed
+		// every snapshot row before Run returned, so the state may now be
+		// recorded outside a transaction.
+		rec := base
+		rec.LSN, rec.Time, rec.Snapshot = p.tracker.Confirmed(), time.Now(), s
+		if err := store.Save(context.WithoutCancel(stop), rec); err != nil {
+			return err
+		}
+	}
+	return err
 }
 
 // resume decides where this attempt streams from, creating the slot when
@@ -244,12 +294,23 @@ func (p *Pipeline) attempt(stop context.Context) error {
 // A record that ends inside a transaction (exactly-once delivery splits
 // large ones across Kafka transactions) also returns the part of it that is
 // already in Kafka, for the stream to skip.
-func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logrepl.ReplConn, store *sink.ProgressStore, base checkpoint.Record) (pglogrepl.LSN, *checkpoint.Partial, error) {
+func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logrepl.ReplConn, store *sink.ProgressStore, base checkpoint.Record) (pglogrepl.LSN, *checkpoint.Partial, *snapshotJob, error) {
 	pg := p.cfg.Postgres
 	loaded, err := store.Load(ctx, pg.Slot, base.SystemID)
 	if err != nil {
 		p.reconnect("kafka")
-		return 0, nil, err
+		return 0, nil, nil, err
+	}
+	// A record written just before creating the slot vouches for nothing
+	// yet: the slot, if it was created at all, is at its consistent point
+	// and nothing was confirmed, so it is judged as a slot without record,
+	// and its snapshot as interrupted.
+	var prevSnap *checkpoint.SnapshotProgress
+	if loaded.Found {
+		prevSnap = loaded.Record.Snapshot
+		if creating(loaded.Record) {
+			loaded.Found = false
+		}
 	}
 	in := checkpoint.Resume{
 		Slot: pg.Slot, SlotExists: slot.Exists, SlotConfirmed: slot.Confirmed,
@@ -261,30 +322,80 @@ func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logre
 	}
 	d, err := checkpoint.Decide(in)
 	if err != nil {
-		return 0, nil, fault.Fatal(err)
+		return 0, nil, nil, fault.Fatal(err)
 	}
 	for _, w := range d.Warnings {
 		p.log.Warn().Str("slot", pg.Slot).Msg(w)
 	}
 	start := d.Start
+	mode := p.cfg.Snapshot.Mode
+	var job *snapshotJob
+	var plan snapshot.Plan
 	if d.CreateSlot {
 		if !pg.CreateSlot {
-			return 0, nil, fault.Fatal(fmt.Errorf("replication slot %q does not exist and postgres.create_slot is false (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'))", pg.Slot, pg.Slot))
+			return 0, nil, nil, fault.Fatal(fmt.Errorf("replication slot %q does not exist and postgres.create_slot is false (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'))", pg.Slot, pg.Slot))
 		}
-		created, err := rc.CreateSlot(ctx, pg.Slot, logrepl.SlotOptions{Failover: pg.SlotFailover})
+		plan = snapshot.Decide(mode, p.cfg.Outbox, true, nil)
+		export := len(plan.Read) > 0
+		if export {
+			// Said before the slot exists, so that a crash right after
+			// creating it cannot pass for a slot that never needed a
+			// snapshot.
+			rec := base
+			rec.Time, rec.Snapshot = time.Now(), &checkpoint.SnapshotProgress{}
+			if err := store.Save(ctx, rec); err != nil {
+				p.reconnect("kafka")
+				return 0, nil, nil, err
+			}
+		}
+		created, err := rc.CreateSlot(ctx, pg.Slot, logrepl.SlotOptions{Failover: pg.SlotFailover, ExportSnapshot: export})
 		if err != nil {
 			p.reconnect("postgres")
-			return 0, nil, err
+			return 0, nil, nil, err
 		}
 		start = created.ConsistentPoint
-		p.log.Info().Str("slot", pg.Slot).Stringer("lsn", start).Msg("created replication slot; outbox rows committed from now on are relayed")
+		if export {
+			// The snapshot must be imported before the next command on
+			// the replication connection, which ends its export.
+			conn, at, err := p.openSnapshot(ctx, created.SnapshotName)
+			if err != nil {
+				p.reconnect("postgres")
+				return 0, nil, nil, err
+			}
+			job = &snapshotJob{tables: plan.Read, conn: conn, at: at, state: plan.State}
+			p.log.Info().Str("slot", pg.Slot).Stringer("lsn", start).Str("snapshot", created.SnapshotName).
+				Msg("created replication slot with an exported snapshot: the rows committed before its consistent point are published from the snapshot, those after from the stream")
+		} else {
+			p.log.Info().Str("slot", pg.Slot).Stringer("lsn", start).Msg("created replication slot; outbox rows committed from now on are relayed (snapshot.mode never)")
+		}
+	} else {
+		plan = snapshot.Decide(mode, p.cfg.Outbox, false, prevSnap)
+		if len(plan.Read) > 0 {
+			conn, at, err := p.openSnapshot(ctx, "")
+			if err != nil {
+				p.reconnect("postgres")
+				return 0, nil, nil, err
+			}
+			job = &snapshotJob{tables: plan.Read, conn: conn, at: at, state: plan.State}
+			why := "outbox tables added to the config"
+			if prevSnap != nil && !prevSnap.Done {
+				why = "an interrupted snapshot"
+			}
+			p.log.Info().Str("slot", pg.Slot).Strs("tables", tableNames(plan.Read)).
+				Msgf("snapshot of %s: reading under a fresh snapshot before streaming from the slot (rows committed since the slot's position are published twice)", why)
+		}
 	}
-	if !loaded.Found || loaded.Record.LSN != start {
+	state := plan.State
+	p.snapState.Store(&state)
+	if !loaded.Found || loaded.Record.LSN != start || !sameSnapshot(loaded.Record.Snapshot, &state) {
 		rec := base
-		rec.LSN, rec.Time = start, time.Now()
+		rec.LSN, rec.Time, rec.Snapshot = start, time.Now(), &state
 		if err := store.Save(ctx, rec); err != nil {
+			if job != nil {
+				job.conn.Close(context.WithoutCancel(ctx))
+			}
 			p.reconnect("kafka")
-			return 0, nil, err
+			return 0, nil, nil, err
 		}
 	}
 	if slot.Exists && start > slot.Confirmed {
@@ -299,7 +410,7 @@ func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logre
 		p.log.Info().Stringer("from", start).Stringer("commit_lsn", partial.CommitLSN).Int("events", partial.Events).
 			Msg("the progress record ends inside a transaction: its first events are already in Kafka and will be skipped")
 	}
-	return start, partial, nil
+	return start, partial, job, nil
 }
 
 // writeProgress makes acked positions durable: it writes a progress record
@@ -332,7 +443,7 @@ func (p *Pipeline) writeProgress(ctx context.Context, streamDone <-chan struct{}
 			continue
 		}
 		rec := base
-		rec.LSN, rec.Time = acked, time.Now()
+		rec.LSN, rec.Time, rec.Snapshot = acked, time.Now(), p.snapState.Load()
 		if err := store.Save(ctx, rec); err != nil {
 			if ctx.Err() != nil {
 				return nil

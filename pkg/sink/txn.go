@@ -62,6 +62,8 @@ type TxnProducer struct {
 	// transaction an earlier one left open.
 	last    checkpoint.EventPos
 	durable pglogrepl.LSN
+
+	snapshot func() *checkpoint.SnapshotProgress
 }
 
 // TxnSaramaConfig is SaramaConfig for a transactional producer with the
@@ -127,6 +129,10 @@ func NewTxnProducer(k config.Kafka, pl config.Pipeline, base checkpoint.Record, 
 func (p *TxnProducer) ResumeFrom(lsn pglogrepl.LSN, partial *checkpoint.Partial) {
 	p.durable, p.last = lsn, checkpoint.ResumePos(partial)
 }
+
+// RecordSnapshot makes every progress record carry the snapshot state f
+// returns at commit time.
+func (p *TxnProducer) RecordSnapshot(f func() *checkpoint.SnapshotProgress) { p.snapshot = f }
 
 // Close releases a producer that Run was never called on.
 func (p *TxnProducer) Close() {
@@ -265,6 +271,11 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		rec := p.base
 		rec.LSN, rec.Partial = checkpoint.Cut(p.tr.Acked(), p.last)
 		rec.Time = time.Now()
+		if p.snapshot != nil {
+			// Read now, after every event of the transaction was acked: a
+			// snapshot state that counts those rows commits with them.
+			rec.Snapshot = p.snapshot()
+		}
 		msg := &sarama.ProducerMessage{Topic: p.topic, Key: sarama.ByteEncoder(rec.Key()), Value: sarama.ByteEncoder(rec.Marshal()), Metadata: progressMsg{}}
 		if err := send(msg); err != nil {
 			return err
