@@ -400,9 +400,10 @@ func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logre
 	}
 	if slot.Exists && start > slot.Confirmed {
 		// PostgreSQL 15 and 16 do not write a logical slot's confirmed
-		// position at shutdown; Postgres skips what commits before start.
+		// position at shutdown, and a promoted standby's synchronised copy
+		// lags the old primary's; Postgres skips what commits before start.
 		p.log.Info().Stringer("slot", slot.Confirmed).Stringer("from", start).
-			Msg("slot is behind the progress record (Postgres did not persist its position); resuming from the record")
+			Msg("slot is behind the progress record (its position was not persisted at a restart, or it is a standby's synchronised copy); resuming from the record")
 	}
 	var partial *checkpoint.Partial
 	if loaded.Found && loaded.Record.LSN == start && loaded.Record.Partial != nil {

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,9 +18,10 @@ import (
 // topic, on a client of its own so that the event producer failing (and
 // closing its client) cannot take the record of what was acked with it.
 type ProgressStore struct {
-	topic  string
-	client sarama.Client
-	ap     sarama.AsyncProducer
+	topic    string
+	client   sarama.Client
+	ap       sarama.AsyncProducer
+	writable bool // opened with create: Load may write a probe record
 }
 
 // progressTopicConfig makes the topic keep the newest record per key and
@@ -62,7 +64,7 @@ func OpenProgress(k config.Kafka, create bool) (*ProgressStore, error) {
 	if err != nil {
 		return nil, classify(fmt.Errorf("connecting to kafka brokers %v for the progress topic: %w", k.Brokers, err))
 	}
-	s := &ProgressStore{topic: k.ProgressTopic, client: client}
+	s := &ProgressStore{topic: k.ProgressTopic, client: client, writable: create}
 	if !create {
 		if !s.exists() {
 			client.Close()
@@ -146,27 +148,37 @@ func (s *ProgressStore) Close() {
 
 // Save writes rec and returns once Kafka acknowledged it (acks=all).
 func (s *ProgressStore) Save(ctx context.Context, rec checkpoint.Record) error {
+	_, err := s.send(ctx, rec.Key(), rec.Marshal())
+	return err
+}
+
+// send writes one record to partition 0 and returns its offset once acked.
+func (s *ProgressStore) send(ctx context.Context, key, value []byte) (int64, error) {
 	if s.ap == nil {
 		var err error
 		if s.ap, err = sarama.NewAsyncProducerFromClient(s.client); err != nil {
-			return classify(fmt.Errorf("progress topic %s: %w", s.topic, err))
+			return 0, classify(fmt.Errorf("progress topic %s: %w", s.topic, err))
 		}
 	}
-	msg := &sarama.ProducerMessage{Topic: s.topic, Partition: 0, Key: sarama.ByteEncoder(rec.Key()), Value: sarama.ByteEncoder(rec.Marshal())}
+	msg := &sarama.ProducerMessage{Topic: s.topic, Partition: 0, Key: sarama.ByteEncoder(key), Value: sarama.ByteEncoder(value)}
 	select {
 	case s.ap.Input() <- msg:
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 	select {
-	case <-s.ap.Successes():
-		return nil
+	case m := <-s.ap.Successes():
+		return m.Offset, nil
 	case perr := <-s.ap.Errors():
-		return classify(fmt.Errorf("writing progress record to %s: %w", s.topic, perr.Err))
+		return 0, classify(fmt.Errorf("writing progress record to %s: %w", s.topic, perr.Err))
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 }
+
+// probeKey marks the records Load writes to find the end of the topic; it
+// has no '@', so it is never taken for a slot's record.
+var probeKey = []byte("relay-load-probe")
 
 // Loaded is what the progress topic holds for a slot.
 type Loaded struct {
@@ -180,15 +192,33 @@ type Loaded struct {
 // Load returns the newest record for slot in the database cluster systemID.
 // It reads the topic backwards in growing windows, so its cost follows the
 // records written since the last compaction, not the topic's history.
+//
+// A store opened to write finds the end by writing a probe record first:
+// every record acked before Load began lies below the probe, and under
+// read_committed a read that stops at the probe's offset is exact whatever
+// transaction markers and aborted records lie in between, with no timing
+// involved. A read-only store (relay status) can only read to the high
+// watermark and end after a quiet moment.
 func (s *ProgressStore) Load(ctx context.Context, slot, systemID string) (Loaded, error) {
 	var out Loaded
 	oldest, err := s.client.GetOffset(s.topic, 0, sarama.OffsetOldest)
 	if err != nil {
 		return out, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
 	}
-	newest, err := s.client.GetOffset(s.topic, 0, sarama.OffsetNewest)
-	if err != nil {
-		return out, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
+	last, exact := int64(-1), s.writable
+	if exact {
+		if last, err = s.send(ctx, probeKey, []byte("probe")); err != nil {
+			return out, err
+		}
+	} else {
+		newest, err := s.client.GetOffset(s.topic, 0, sarama.OffsetNewest)
+		if err != nil {
+			return out, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
+		}
+		last = newest - 1
+	}
+	if last < oldest {
+		return out, nil
 	}
 	consumer, err := sarama.NewConsumerFromClient(s.client)
 	if err != nil {
@@ -196,15 +226,15 @@ func (s *ProgressStore) Load(ctx context.Context, slot, systemID string) (Loaded
 	}
 	defer consumer.Close()
 	want := string(checkpoint.RecordKey(slot, systemID))
-	others := map[string]checkpoint.Record{}
 	window := int64(256)
-	decided := false // the newest record or tombstone for want was seen
-	for end := newest; end > oldest && !decided; window *= 4 {
-		from := max(oldest, end-window)
-		recs, err := s.readRange(ctx, consumer, from, end)
+	for from := max(oldest, last-window); ; window *= 4 {
+		recs, err := s.readRange(ctx, consumer, from, last, exact)
 		if err != nil {
 			return out, err
 		}
+		out = Loaded{}
+		others := map[string]checkpoint.Record{}
+		decided := false // the newest record or tombstone for want was seen
 		for _, m := range recs {
 			k := string(m.Key)
 			if m.Value == nil {
@@ -231,40 +261,58 @@ func (s *ProgressStore) Load(ctx context.Context, slot, systemID string) (Loaded
 			}
 			out.Record, out.Found, decided = r, true, true
 		}
-		end = from
+		for _, r := range others {
+			out.Others = append(out.Others, r)
+		}
+		if decided || from == oldest {
+			return out, nil
+		}
+		from = max(oldest, last-window*4)
 	}
-	for _, r := range others {
-		out.Others = append(out.Others, r)
-	}
-	return out, nil
 }
 
-// readRange returns the records at offsets [from, end), newest first. Under
-// read_committed, transaction markers and aborted records leave gaps, so the
-// read also ends once nothing more arrives for a moment.
-func (s *ProgressStore) readRange(ctx context.Context, consumer sarama.Consumer, from, end int64) ([]*sarama.ConsumerMessage, error) {
+// loadTimeout bounds reading up to the probe: an open transaction of
+// another producer holds read_committed readers back until it ends.
+const loadTimeout = time.Minute
+
+// readRange returns the records at offsets [from, last], newest first.
+// exact reads until last arrives; otherwise the read also ends once nothing
+// more arrives for a moment, as transaction markers and aborted records
+// leave gaps under read_committed.
+func (s *ProgressStore) readRange(ctx context.Context, consumer sarama.Consumer, from, last int64, exact bool) ([]*sarama.ConsumerMessage, error) {
 	pc, err := consumer.ConsumePartition(s.topic, 0, from)
 	if err != nil {
 		return nil, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
 	}
 	defer pc.Close()
 	var got []*sarama.ConsumerMessage
-	quiet := time.NewTimer(5 * time.Second)
-	defer quiet.Stop()
+	wait := loadTimeout
+	if !exact {
+		wait = 5 * time.Second
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
 	for {
 		select {
 		case m := <-pc.Messages():
-			if m.Offset >= end {
+			if m.Offset > last {
 				return reverse(got), nil
 			}
-			got = append(got, m)
-			if m.Offset+1 >= end {
+			if !bytes.Equal(m.Key, probeKey) {
+				got = append(got, m)
+			}
+			if m.Offset >= last {
 				return reverse(got), nil
 			}
-			quiet.Reset(500 * time.Millisecond)
+			if !exact {
+				timer.Reset(500 * time.Millisecond)
+			}
 		case cerr := <-pc.Errors():
 			return nil, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, cerr.Err))
-		case <-quiet.C:
+		case <-timer.C:
+			if exact {
+				return nil, fmt.Errorf("reading progress topic %s: offset %d not readable within %s (an open transaction of another producer holds read_committed readers back)", s.topic, last, loadTimeout)
+			}
 			return reverse(got), nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
