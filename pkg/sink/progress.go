@@ -205,7 +205,8 @@ func (s *ProgressStore) Load(ctx context.Context, slot, systemID string) (Loaded
 	if err != nil {
 		return out, classify(fmt.Errorf("reading progress topic %s: %w", s.topic, err))
 	}
-	last, exact := int64(-1), s.writable
+	var last int64
+	exact := s.writable
 	if exact {
 		if last, err = s.send(ctx, probeKey, []byte("probe")); err != nil {
 			return out, err
