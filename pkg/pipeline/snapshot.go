@@ -29,9 +29,6 @@ type snapshotJob struct {
 // SnapshotProgress returns the live progress of the snapshot, for metrics.
 func (p *Pipeline) SnapshotProgress() *snapshot.Progress { return &p.snapProgress }
 
-// snapshotState is what every progress record says about the snapshot.
-func (p *Pipeline) snapshotState() *checkpoint.SnapshotProgress { return p.snapState.Load() }
-
 // openSnapshot opens the read transaction of a job: under the slot's
 // exported snapshot when it was just created, otherwise under a fresh one.
 func (p *Pipeline) openSnapshot(ctx context.Context, snapshotName string) (*pgx.Conn, time.Time, error) {
