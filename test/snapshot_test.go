@@ -201,9 +201,9 @@ func TestSnapshotConcurrentWrites(t *testing.T) {
 	}
 }
 
-// TestSnapshotKill9 kills the relay in the middle of its initial snapshot:
-// one topic's produce requests are refused, so the snapshot cannot finish
-// while the others' rows reach Kafka. The restarted relay must publish every
+// TestSnapshotKill9 stops the relay with SIGTERM and then kills it in the
+// middle of its initial snapshot: one topic's produce requests are refused,
+// so the snapshot cannot finish while the others' rows reach Kafka. The restarted relay must publish every
 // row (the snapshot again: duplicates of the part already published are
 // allowed) and every event written meanwhile, with per-key order intact.
 func TestSnapshotKill9(t *testing.T) {
@@ -218,7 +218,19 @@ func TestSnapshotKill9(t *testing.T) {
 		}
 	}()
 	cfg := strings.Replace(e.config("snapshot: {batch_size: 500}\n"), "pipeline:\n", "pipeline:\n  max_inflight_events: 2000\n", 1)
+	cfg = strings.Replace(cfg, "drain_timeout: 20s", "drain_timeout: 2s", 1)
+	// First a SIGTERM in the middle: a clean stop, exit 0, the snapshot
+	// unfinished.
 	r := e.startRelay(cfg)
+	e.waitDelivered(500, 60*time.Second, "outbox.event.Order", "outbox.event.Invoice")
+	if code := r.stop(60 * time.Second); code != 0 {
+		t.Fatalf("SIGTERM during the snapshot: exit %d", code)
+	}
+	if !strings.Contains(r.out.String(), "stopping before it finished") {
+		t.Errorf("the relay did not say it stopped mid-snapshot:\n%s", tail(r.out.String(), 20))
+	}
+	// Then a kill -9 in the middle of the resumed snapshot.
+	r = e.startRelay(cfg)
 	e.waitDelivered(1000, 60*time.Second, "outbox.event.Order", "outbox.event.Invoice")
 	w := e.startSteadyWriter(p, 20*time.Millisecond)
 	w.waitCommitted(20050, 30*time.Second)

@@ -226,6 +226,14 @@ func (p *Pipeline) attempt(stop context.Context) error {
 				// Nothing streams: the producer finishes what it holds.
 				close(events)
 				if stop.Err() != nil && !fault.IsFatal(err) {
+					// As the stream's drain: what is not acked within the
+					// drain timeout is abandoned (it is read again anyway).
+					dctx, cancel := context.WithTimeout(gctx, p.cfg.Pipeline.DrainTimeout)
+					_ = snapshot.WaitAcked(dctx, p.tracker)
+					cancel()
+					if !p.tracker.Idle() {
+						cancelHard()
+					}
 					return nil
 				}
 				if err == nil {
