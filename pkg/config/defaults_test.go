@@ -65,3 +65,26 @@ func TestUnknownKeyInAListEntryNamesTheEntry(t *testing.T) {
 		t.Fatalf("want an error naming outbox[1] and colums, got %v", err)
 	}
 }
+
+// configs/relay.yaml is the reference users read for "every key with its
+// default": loading it must give Default, apart from the values it sets on
+// purpose (where to connect, the table, a listener), so a changed default
+// cannot leave the file stating the old one.
+func TestShippedConfigStatesTheDefaults(t *testing.T) {
+	cfg, err := Load("../../configs/relay.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.Postgres.URL = cfg.Postgres.URL
+	want.Kafka.Brokers = cfg.Kafka.Brokers
+	want.Outbox = []Table{DefaultTable("public.outbox")}
+	want.HTTP.Listen = "127.0.0.1:9090"
+	// Default leaves the policy empty so that an explicit choice can be
+	// checked against the deprecated kafka.oversized; the file states the
+	// value in effect.
+	want.Kafka.OnUnpublishable = UnpublishableStop
+	if !reflect.DeepEqual(*cfg, want) {
+		t.Errorf("configs/relay.yaml loads as\n%+v\nDefault() is\n%+v", *cfg, want)
+	}
+}
