@@ -199,11 +199,12 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, pg config.Postgres, 
 			return classify(fmt.Errorf("adding %s to publication %q: %w", t.Table, pg.Publication, err), err)
 		}
 		// Rows the slot has yet to decode from before now are not in the
-		// publication as of their commit, so they are not relayed: right
-		// for a table new to the configuration, a gap for one that was
-		// taken out of the publication by hand.
+		// publication as of their commit, so the stream never carries them:
+		// right for a table new to the configuration (the initial snapshot
+		// publishes what it holds), a gap for one that was taken out of the
+		// publication by hand.
 		log.Warn().Str("publication", pg.Publication).Str("table", t.Table).
-			Msg("added table to publication; its rows committed before now, if any, are not relayed")
+			Msg("added table to publication; its rows committed before now, if any, are not streamed (with snapshot.mode initial the snapshot publishes those still in the table)")
 	}
 	if !ps.Inserts {
 		return fault.Fatal(fmt.Errorf("publication %q does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", pg.Publication, pub))
