@@ -12,6 +12,8 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/relay-dev/relay/internal/ident"
 )
 
 // Every section type has a Validate that reports all of its problems, each
@@ -113,7 +115,7 @@ func (pg Postgres) Validate() error {
 	if !slotName.MatchString(pg.Slot) {
 		p.add("postgres.slot", "%q must be 1-63 lowercase letters, digits or underscores", pg.Slot)
 	}
-	if err := checkIdent(pg.Publication); err != nil {
+	if err := ident.Check(pg.Publication); err != nil {
 		p.add("postgres.publication", "%v", err)
 	}
 	if err := pg.OnSlotLost.Validate(); err != nil {

@@ -27,6 +27,8 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/relay-dev/relay/internal/ident"
 )
 
 // DefaultTable is the inbox table's name when Options.Table is empty.
@@ -88,7 +90,7 @@ func newInbox[Tx any](d driver[Tx], opts Options) (*Inbox[Tx], error) {
 	}
 	table, err := quoteTable(name)
 	if err != nil {
-		return nil, fmt.Errorf("inbox: table %q: %w", name, err)
+		return nil, fmt.Errorf("inbox: table: %w", err)
 	}
 	return &Inbox[Tx]{
 		table: table,
@@ -215,48 +217,15 @@ func rowsAffected(r sql.Result, err error) (int64, error) {
 	return r.RowsAffected()
 }
 
-// quoteTable parses schema.table (a bare name is in public; quoted parts keep
-// their case, unquoted ones fold to lower case) and quotes it.
+// quoteTable parses schema.table as the relay's config does (a bare name is
+// in public; quoted parts keep their case, unquoted ones fold to lower case)
+// and quotes it.
 func quoteTable(name string) (string, error) {
-	var parts []string
-	s := name
-	for len(s) > 0 {
-		var part string
-		if s[0] == '"' {
-			end := strings.IndexByte(s[1:], '"')
-			if end < 0 {
-				return "", errors.New("unterminated quoted identifier")
-			}
-			part, s = s[1:1+end], s[2+end:]
-		} else {
-			end := strings.IndexByte(s, '.')
-			if end < 0 {
-				end = len(s)
-			}
-			part, s = strings.ToLower(s[:end]), s[end:]
-			if strings.ContainsAny(part, " \"';") {
-				return "", errors.New("unquoted name with a space, quote or semicolon: quote it")
-			}
-		}
-		if part == "" {
-			return "", errors.New("empty name part")
-		}
-		parts = append(parts, part)
-		if len(s) > 0 {
-			if s[0] != '.' || len(s) == 1 {
-				return "", errors.New("expected schema.table")
-			}
-			s = s[1:]
-		}
+	schema, table, err := ident.Table(name)
+	if err != nil {
+		return "", err
 	}
-	switch len(parts) {
-	case 1:
-		parts = []string{"public", parts[0]}
-	case 2:
-	default:
-		return "", errors.New("expected schema.table")
-	}
-	return pgx.Identifier(parts).Sanitize(), nil
+	return pgx.Identifier{schema, table}.Sanitize(), nil
 }
 
 // indexName derives the processed_at index's name from the quoted table name.

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/relay-dev/relay/internal/ident"
 )
 
 // partitionColumn is the time column of the tables CreateTable makes: the
@@ -61,9 +63,9 @@ func (w *Writer) CreatePartitionedTable() string {
 // CreatePartitionedTable table holding [from, to), named
 // <table>_p<from as YYYYMMDDHH> in UTC, in the table's schema.
 func (w *Writer) CreatePartition(from, to time.Time) string {
-	parts, _ := splitIdent(w.t.Name) // checked by New
-	name := fmt.Sprintf("%s_p%s", parts[1], from.UTC().Format("2006010215"))
+	schema, table, _ := ident.Table(w.t.Name) // checked by New
+	name := fmt.Sprintf("%s_p%s", table, from.UTC().Format("2006010215"))
 	return fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s') TO ('%s')",
-		pgx.Identifier{parts[0], name}.Sanitize(), w.ident,
+		pgx.Identifier{schema, name}.Sanitize(), w.ident,
 		from.UTC().Format(time.RFC3339Nano), to.UTC().Format(time.RFC3339Nano))
 }

@@ -27,6 +27,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/relay-dev/relay/internal/ident"
 )
 
 // Execer runs one statement in the caller's transaction. Pgx and SQL adapt
@@ -293,64 +295,12 @@ func traceArg(parent, state string) any {
 	return "traceparent=" + parent + "\ntracestate=" + state + "\n"
 }
 
-// quoteTable parses schema.table (parts optionally double-quoted, unquoted
-// parts folded to lower case, as the relay's config does) and quotes it.
+// quoteTable parses schema.table as the relay's config does (parts
+// optionally double-quoted, unquoted parts folded to lower case) and quotes it.
 func quoteTable(name string) (string, error) {
-	parts, err := splitIdent(name)
+	schema, table, err := ident.Table(name)
 	if err != nil {
-		return "", fmt.Errorf("outbox: table %q: %w", name, err)
+		return "", fmt.Errorf("outbox: table: %w", err)
 	}
-	return pgx.Identifier(parts).Sanitize(), nil
-}
-
-func splitIdent(s string) ([]string, error) {
-	var parts []string
-	for len(s) > 0 {
-		var part string
-		if s[0] == '"' {
-			i := 1
-			var b strings.Builder
-			for ; i < len(s); i++ {
-				if s[i] == '"' {
-					if i+1 < len(s) && s[i+1] == '"' {
-						b.WriteByte('"')
-						i++
-						continue
-					}
-					break
-				}
-				b.WriteByte(s[i])
-			}
-			if i >= len(s) {
-				return nil, errors.New("unterminated quoted identifier")
-			}
-			part, s = b.String(), s[i+1:]
-		} else {
-			end := strings.IndexByte(s, '.')
-			if end < 0 {
-				end = len(s)
-			}
-			part, s = strings.ToLower(s[:end]), s[end:]
-			if strings.ContainsAny(part, " \"';") {
-				return nil, errors.New("unquoted name with a space, quote or semicolon: quote it")
-			}
-		}
-		if part == "" {
-			return nil, errors.New("empty name part")
-		}
-		parts = append(parts, part)
-		if len(s) > 0 {
-			if s[0] != '.' || len(s) == 1 {
-				return nil, errors.New("expected schema.table")
-			}
-			s = s[1:]
-		}
-	}
-	switch len(parts) {
-	case 1:
-		return []string{"public", parts[0]}, nil
-	case 2:
-		return parts, nil
-	}
-	return nil, errors.New("expected schema.table")
+	return pgx.Identifier{schema, table}.Sanitize(), nil
 }
