@@ -50,8 +50,10 @@ func topics() []string {
 type world struct {
 	pg    *devenv.Postgres
 	kafka *devenv.Kafka
-	parts int
-	dir   string // relay configs
+	// broker, when set, is the broker in a child process instead of kafka.
+	broker *brokerChild
+	parts  int
+	dir    string // relay configs
 }
 
 func newWorld(ctx context.Context, o *options) (w *world, err error) {
@@ -105,6 +107,9 @@ func (w *world) close() {
 	if w.kafka != nil {
 		w.kafka.Close()
 	}
+	if w.broker != nil {
+		w.broker.close()
+	}
 	if w.pg != nil {
 		if err := w.pg.Close(); err != nil {
 			logf("closing PostgreSQL: %v", err)
@@ -113,6 +118,14 @@ func (w *world) close() {
 	if w.dir != "" {
 		os.RemoveAll(w.dir)
 	}
+}
+
+// addr is the broker's address, wherever it runs.
+func (w *world) addr() string {
+	if w.broker != nil {
+		return w.broker.addr
+	}
+	return w.kafka.Addr()
 }
 
 func (w *world) url() string { return w.pg.URL("postgres", dbName) }
@@ -189,12 +202,18 @@ func (w *world) serverVersion(ctx context.Context) string {
 func (w *world) count(ctx context.Context) (int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return devenv.CountRecords(cctx, w.kafka.Addr(), topics()...)
+	return devenv.CountRecords(cctx, w.addr(), topics()...)
 }
 
 // relayConfig writes a config for the relay binary and returns its path and
 // the metrics address.
 func (w *world) relayConfig(name string) (path, httpAddr string, err error) {
+	return w.relayConfigWith(name, false)
+}
+
+// relayConfigWith can also turn on /debug/pprof, which costs nothing until
+// a profile is asked for.
+func (w *world) relayConfigWith(name string, pprof bool) (path, httpAddr string, err error) {
 	httpAddr, err = freeAddr()
 	if err != nil {
 		return "", "", err
@@ -211,9 +230,10 @@ outbox:
   - table: public.outbox
 http:
   listen: %q
+  pprof: %t
 log:
   level: warn
-`, w.url(), slotName, publication, w.kafka.Addr(), httpAddr)
+`, w.url(), slotName, publication, w.addr(), httpAddr, pprof)
 	path = filepath.Join(w.dir, name+".yaml")
 	return path, httpAddr, os.WriteFile(path, []byte(cfg), 0o600)
 }
@@ -226,6 +246,10 @@ func freeAddr() (string, error) {
 	defer l.Close()
 	return l.Addr().String(), nil
 }
+
+// relayEnv is added to the relay's environment (-relay-env), e.g. to try
+// GOMAXPROCS or GOGC settings without rebuilding.
+var relayEnv []string
 
 // relayProc is a running relay binary.
 type relayProc struct {
@@ -240,6 +264,9 @@ type relayProc struct {
 func startRelay(bin, cfgPath, httpAddr string) (*relayProc, error) {
 	r := &relayProc{out: newTail(16 << 10), httpAddr: httpAddr, done: make(chan struct{})}
 	r.cmd = exec.Command(bin, "run", "--config", cfgPath)
+	if len(relayEnv) > 0 {
+		r.cmd.Env = append(os.Environ(), relayEnv...)
+	}
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
 	// Pdeathsig kills the relay if we die without cleaning up (kill -9),
 	// so it cannot keep holding a slot of a dead cluster.

@@ -156,7 +156,7 @@ func runLatency(ctx context.Context, o *options, res *results) error {
 		return err
 	}
 	cctx, stopConsumer := context.WithCancel(ctx)
-	consumerDone, err := rcv.start(cctx, w.kafka.Addr())
+	consumerDone, err := rcv.start(cctx, w.addr())
 	if err != nil {
 		stopConsumer()
 		return err

@@ -37,6 +37,12 @@ type options struct {
 	latencyWriters  int
 	latencyTwin     bool
 
+	sidecarRates    []int
+	sidecarDuration time.Duration
+	sidecarIdle     time.Duration
+	sidecarRepeat   int
+	sidecarProfile  string
+
 	memN     int
 	memBatch int
 	snapN    int
@@ -52,9 +58,14 @@ type options struct {
 	cpuProfile  string
 }
 
-var sections = []string{"drain", "latency", "memory", "delivery", "snapshot"}
+var sections = []string{"drain", "latency", "sidecar", "memory", "delivery", "snapshot"}
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == brokerArg {
+		n, _ := strconv.Atoi(os.Args[2])
+		serveBroker(n)
+		return
+	}
 	o, err := parseFlags(os.Args[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -97,7 +108,7 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("relaybench", flag.ContinueOnError)
 	fs.StringVar(&o.relayBin, "relay", "bench/out/relay", "relay binary to measure")
-	only := fs.String("only", strings.Join(sections, ","), "sections to run, comma-separated: drain,latency,memory,delivery,snapshot")
+	only := fs.String("only", strings.Join(sections, ","), "sections to run, comma-separated: "+strings.Join(sections, ","))
 	fs.IntVar(&o.n, "n", 200000, "events per drain run")
 	fs.IntVar(&o.writers, "writers", 4, "writer connections for the drain backlog")
 	fs.IntVar(&o.partitions, "partitions", 6, "partitions of each auto-created topic")
@@ -105,6 +116,12 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.latencyDuration, "latency-duration", 30*time.Second, "how long each latency rate runs")
 	fs.IntVar(&o.latencyWriters, "latency-writers", 8, "writer connections sharing the latency rate")
 	fs.BoolVar(&o.latencyTwin, "latency-twin", false, "also stream a twin slot with pg_recvlogical during the latency section, as a control for whether Postgres alone keeps up (adds a walsender's load)")
+	env := fs.String("relay-env", "", "environment for the relay process only, comma-separated NAME=VALUE (e.g. GOMAXPROCS=2,GOGC=100)")
+	sideRates := fs.String("sidecar-rates", "100,1000,3000", "sidecar section: everyday rates in events/s, comma-separated")
+	fs.DurationVar(&o.sidecarDuration, "sidecar-duration", 20*time.Second, "sidecar section: how long each rate runs")
+	fs.DurationVar(&o.sidecarIdle, "sidecar-idle", 30*time.Second, "sidecar section: how long the idle phase runs (CPU is counted in 10 ms ticks)")
+	fs.IntVar(&o.sidecarRepeat, "sidecar-repeat", 3, "sidecar section: repetitions of every phase; the medians are reported")
+	fs.StringVar(&o.sidecarProfile, "sidecar-profile", "", "sidecar section: directory for one extra, uncounted run per rate that takes the relay's CPU profile (cpu-RATE.pprof) and a 1 s execution trace (trace-RATE.out) from /debug/pprof")
 	fs.IntVar(&o.memN, "mem-n", 1000000, "events in the memory section's backlog")
 	fs.IntVar(&o.memBatch, "mem-batch", 10000, "events per INSERT ... SELECT transaction of the memory backlog")
 	fs.IntVar(&o.snapN, "snap-n", 1000000, "rows in the outbox before the relay's first start, for the snapshot section")
@@ -154,6 +171,22 @@ func parseFlags(args []string) (*options, error) {
 		}
 		o.latencyRates = append(o.latencyRates, r)
 	}
+	for _, kv := range strings.Split(*env, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("-relay-env: %q is not NAME=VALUE", kv)
+		}
+		relayEnv = append(relayEnv, kv)
+	}
+	for _, s := range strings.Split(*sideRates, ",") {
+		r, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || r <= 0 {
+			return nil, fmt.Errorf("-sidecar-rates: %q is not a positive rate", s)
+		}
+		o.sidecarRates = append(o.sidecarRates, r)
+	}
 	var problems []string
 	check := func(ok bool, msg string) {
 		if !ok {
@@ -166,6 +199,8 @@ func parseFlags(args []string) (*options, error) {
 	check(o.partitions > 0, "-partitions must be positive")
 	check(o.latencyDuration >= time.Second, "-latency-duration must be at least 1s")
 	check(o.latencyWriters > 0, "-latency-writers must be positive")
+	check(o.sidecarDuration >= 5*time.Second && o.sidecarIdle >= time.Second, "-sidecar-duration must be at least 5s and -sidecar-idle at least 1s")
+	check(o.sidecarRepeat > 0, "-sidecar-repeat must be positive")
 	check(o.memN > 0 && o.memBatch > 0, "-mem-n and -mem-batch must be positive")
 	check(o.snapN > 0, "-snap-n must be positive")
 	check(o.stall >= time.Second, "-stall must be at least 1s")
@@ -203,6 +238,11 @@ func run(ctx context.Context, o *options) error {
 	if o.runs("latency") && ctx.Err() == nil {
 		if err := runLatency(ctx, o, res); err != nil {
 			errs = append(errs, fmt.Errorf("latency: %w", err))
+		}
+	}
+	if o.runs("sidecar") && ctx.Err() == nil {
+		if err := runSidecar(ctx, o, res); err != nil {
+			errs = append(errs, fmt.Errorf("sidecar: %w", err))
 		}
 	}
 	if o.runs("memory") && ctx.Err() == nil {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -46,6 +47,7 @@ type results struct {
 	loadEnd           string
 	drain             []drainRun
 	latency           []latencyRun
+	sidecar           []sidecarRun
 	memory            *memoryRun
 	delivery          []deliveryRun
 	snapshot          *snapshotRun
@@ -176,6 +178,28 @@ func (r *results) table() string {
 		}
 		fmt.Fprintf(tw, "latency\t%d/s (achieved %.0f/s) p50 / p99 / max\t%s / %s / %s\t%s\t\n", l.rate, l.achieved, fmtDur(l.p50), fmtDur(l.p99), fmtDur(l.max), target)
 	}
+	rates, by := sidecarMedians(r.sidecar)
+	for _, rt := range rates {
+		rs := by[rt]
+		cores := median(rs, func(s sidecarRun) float64 { return s.cpu.relay })
+		if rt == 0 {
+			fmt.Fprintf(tw, "sidecar\tidle: relay cores (median of %d)\t%.4f\t<= %.3f: %s\t\n", len(rs), cores, targetIdleCores, verdict(cores <= targetIdleCores))
+			continue
+		}
+		per := time.Duration(median(rs, func(s sidecarRun) float64 { return float64(s.perEvent()) }))
+		p99 := time.Duration(median(rs, func(s sidecarRun) float64 { return float64(s.p99) }))
+		target := ""
+		if t, ok := targetPerEvent[rt]; ok {
+			target = fmt.Sprintf("CPU/event <= %s: %s", fmtDur(t), verdict(per <= t))
+		}
+		if t, ok := targetSideP99[rt]; ok {
+			if target != "" {
+				target += "; "
+			}
+			target += fmt.Sprintf("p99 <= %s: %s", fmtDur(t), verdict(p99 <= t))
+		}
+		fmt.Fprintf(tw, "sidecar\t%d/s: relay CPU/event, cores, p99 (median of %d)\t%s, %.3f, %s\t%s\t\n", rt, len(rs), fmtDur(per), cores, fmtDur(p99), target)
+	}
 	if m := r.memory; m != nil && len(m.samples) > 0 {
 		ok, moved := m.flat()
 		fmt.Fprintf(tw, "memory\t%dk backlog, %s stall: RSS min / max\t%s / %s\tflat: %s (2nd half moved %s)\t\n", m.events/1000, m.stall, mb(m.stallMin), mb(m.stallMax), verdict(ok), mb(moved))
@@ -290,6 +314,9 @@ func (r *results) markdown() string {
 		}
 		p("\n")
 	}
+	if len(r.sidecar) > 0 {
+		r.sidecarMarkdown(p)
+	}
 	if m := r.memory; m != nil {
 		p("## Memory\n\n")
 		p("Peak RSS (VmHWM) during the drains is in the drain table. Here %d events (%d MB of WAL, written in %d-event INSERT ... SELECT transactions) wait before the relay starts, and the broker refuses every produce (NOT_ENOUGH_REPLICAS) for %s from the relay's first attempt; RSS (VmRSS) is sampled every %s. ",
@@ -372,4 +399,72 @@ func sanitize(s string) string {
 		}
 		return '_'
 	}, s)
+}
+
+func (r *results) sidecarMarkdown(p func(string, ...any)) {
+	o := r.opts
+	p("## Everyday rates (sidecar cost)\n\n")
+	p("Relay running and caught up; single-event transactions (synchronous_commit on) at %s events/s for %s each from %d connections on the latency section's pacer, and an idle phase of %s with nothing written. ",
+		strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.sidecarRates)), ","), "[]"), o.sidecarDuration, o.latencyWriters, o.sidecarIdle)
+	p("The broker (kfake) runs in a child process of its own, so its CPU is measured apart from the writers' and the consumer's. ")
+	p("CPU is user + system from /proc/<pid>/stat over the phase (10 ms ticks); relay CPU per event is relay cores / achieved rate; switches are the relay's voluntary + involuntary context switches summed over its threads (each a thread that slept or was preempted: wake-ups seen from outside). ")
+	p("Latency is COMMIT returned → an independent franz-go consumer received the record. Every phase runs %d times, the rates interleaved; the first table holds medians, the second every run. ", o.sidecarRepeat)
+	p("Targets: relay CPU per event <= 150 µs at 100/s and <= 100 µs at 1k/s, idle <= %.3f cores, p99 <= 5 ms at 1k/s and <= 20 ms at 3k/s, RSS <= %s.\n\n", targetIdleCores, mb(targetSideRSS))
+	rates, by := sidecarMedians(r.sidecar)
+	p("| rate | relay CPU/event | relay cores | relay switches/event | walsender cores | broker cores | Postgres cores (all) | relay RSS (peak) | p50 | p99 | p99.9 |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	for _, rt := range rates {
+		rs := by[rt]
+		m := func(f func(sidecarRun) float64) float64 { return median(rs, f) }
+		cores := m(func(s sidecarRun) float64 { return s.cpu.relay })
+		rss := int64(m(func(s sidecarRun) float64 { return float64(s.rss) }))
+		hwm := int64(m(func(s sidecarRun) float64 { return float64(s.hwm) }))
+		wal := m(func(s sidecarRun) float64 { return s.cpu.walsender })
+		brk := m(func(s sidecarRun) float64 { return s.broker })
+		pg := m(func(s sidecarRun) float64 { return s.cpu.postgres })
+		if rt == 0 {
+			sw := m(func(s sidecarRun) float64 { return s.switches })
+			p("| idle | | **%.4f** %s | %.1f/s | %.4f | %.4f | %.4f | %s (%s) | | | |\n", cores, verdict(cores <= targetIdleCores), sw, wal, brk, pg, mb(rss), mb(hwm))
+			continue
+		}
+		per := time.Duration(m(func(s sidecarRun) float64 { return float64(s.perEvent()) }))
+		sw := m(func(s sidecarRun) float64 { return s.switches / max(s.achieved, 1) })
+		p50 := time.Duration(m(func(s sidecarRun) float64 { return float64(s.p50) }))
+		p99 := time.Duration(m(func(s sidecarRun) float64 { return float64(s.p99) }))
+		p999 := time.Duration(m(func(s sidecarRun) float64 { return float64(s.p999) }))
+		perV, p99V := "", ""
+		if t, ok := targetPerEvent[rt]; ok {
+			perV = " " + verdict(per <= t)
+		}
+		if t, ok := targetSideP99[rt]; ok {
+			p99V = " " + verdict(p99 <= t)
+		}
+		p("| %d/s | **%s**%s | %.3f | %.1f | %.3f | %.3f | %.3f | %s (%s) | %s | **%s**%s | %s |\n", rt, fmtDur(per), perV, cores, sw, wal, brk, pg, mb(rss), mb(hwm), fmtDur(p50), fmtDur(p99), p99V, fmtDur(p999))
+	}
+	p("\nEvery run (machine: all busy CPU of the box, in cores of %d; others: what no measured party accounts for, i.e. the rest of the machine's load):\n\n", r.cores)
+	p("| rate | run | achieved | relay CPU/event | relay cores | switches/s | walsender | broker | relaybench | others | machine | p50 | p99 | max | lost |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	for _, s := range r.sidecar {
+		rate, run := "idle", strconv.Itoa(s.rep)
+		if s.rep == 0 {
+			run = "profiled"
+		}
+		per, p50, p99, pmax, ach := "", "", "", "", ""
+		if s.rate > 0 {
+			rate = fmt.Sprintf("%d/s", s.rate)
+			per, p50, p99, pmax = fmtDur(s.perEvent()), fmtDur(s.p50), fmtDur(s.p99), fmtDur(s.pmax)
+			ach = fmt.Sprintf("%.0f/s", s.achieved)
+		}
+		// The broker is not a child of the postmaster nor relaybench itself:
+		// take it out of "others".
+		others := max(0, s.cpu.others-s.broker)
+		p("| %s | %s | %s | %s | %.4f | %.0f | %.3f | %.3f | %.3f | %.3f | %.2f | %s | %s | %s | %d |\n", rate, run, ach, per, s.cpu.relay, s.switches, s.cpu.walsender, s.broker, s.cpu.self, others, s.cpu.machine, p50, p99, pmax, s.lost)
+	}
+	for _, s := range r.sidecar {
+		if s.dropped > 0 {
+			p("\nAt %d/s (run %d) the writers fell behind: %d events were not written.\n", s.rate, s.rep, s.dropped)
+		}
+	}
+	if o.sidecarProfile != "" {
+		p("\nThe profiled runs (relay CPU profile and a 1 s execution trace from /debug/pprof, in %s) are not counted in the medians: profiling costs the relay CPU of its own.\n", o.sidecarProfile)
+	}
+	p("\n")
 }
