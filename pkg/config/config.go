@@ -51,6 +51,10 @@ type Kafka struct {
 	Partitioner     Partitioner `mapstructure:"partitioner"`
 	Compression     Compression `mapstructure:"compression"`
 	MaxMessageBytes int         `mapstructure:"max_message_bytes"`
+	// Linger is how long the producer may hold a record to send it with the
+	// ones that follow in one produce request (sarama's Flush.Frequency).
+	// Zero sends every record at once.
+	Linger time.Duration `mapstructure:"linger"`
 	// ProgressTopic holds the relay's progress records (compacted, one
 	// partition, created when missing).
 	ProgressTopic string `mapstructure:"progress_topic"`

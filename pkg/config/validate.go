@@ -40,6 +40,10 @@ func (e *ValidationError) Error() string {
 // problems collects "key: message" lines.
 type problems []string
 
+// maxLinger bounds kafka.linger: every record may wait that long, so a
+// larger value is a mistake for a latency the relay exists to keep low.
+const maxLinger = time.Second
+
 func (p *problems) add(key, format string, args ...any) {
 	*p = append(*p, key+": "+fmt.Sprintf(format, args...))
 }
@@ -150,6 +154,9 @@ func (k Kafka) Validate() error {
 	}
 	if err := k.Delivery.Validate(); err != nil {
 		p.add("kafka.delivery", "%v", err)
+	}
+	if k.Linger < 0 || k.Linger > maxLinger {
+		p.add("kafka.linger", "must be between 0 and %s, not %s", maxLinger, k.Linger)
 	}
 	// An unpublishable event must have a known fate: stopping, or a dead
 	// letter topic that exists as a name Kafka accepts.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func validBase() Config {
@@ -34,6 +35,7 @@ func TestValidateEverySectionNamesItsKeys(t *testing.T) {
 	c := validBase()
 	c.Kafka.Version = "0.10.2.0"
 	c.Kafka.SASL = SASL{Mechanism: SASLScramSHA512}
+	c.Kafka.Linger = 2 * time.Second
 	c.HTTP.Listen = "9090"
 	c.Log.Format = "xml"
 	c.Outbox = append(c.Outbox, DefaultTable("public.b"))
@@ -45,6 +47,7 @@ func TestValidateEverySectionNamesItsKeys(t *testing.T) {
 		"kafka.version: 0.10.2.0 is too old: headers and idempotence need 0.11 or later",
 		"kafka.sasl.username: required with kafka.sasl.mechanism SCRAM-SHA-512",
 		"kafka.sasl.password: required with kafka.sasl.mechanism SCRAM-SHA-512",
+		"kafka.linger: must be between 0 and 1s, not 2s",
 		`http.listen: "9090" must be host:port or :port`,
 		`log.format: "xml" must be json or console`,
 		"outbox[1].route_regex: needs a named group (?<routedByValue>...) or (?P<routedByValue>...)",

@@ -316,10 +316,17 @@ func (s *Stream) drain(hard context.Context) error {
 	return nil
 }
 
-// wake is when the stream must next look at the confirmable position: soon
-// while events are in flight, otherwise at the regular status interval.
+// wake is when the stream must next look at the confirmable position: a gap
+// after the last report while a durable position waits to be reported,
+// otherwise at the regular status interval. A position that becomes durable
+// while the stream waits is seen with the next message from the walsender
+// (at everyday rates within milliseconds) or at the status interval; waking
+// every gap while events are in flight would cost a timer and a wake-up per
+// gap for positions that are not yet durable. Nothing depends on reporting
+// sooner: a restart resumes from the progress record, and a clean stop's
+// drain waits for the last position itself.
 func (s *Stream) wake() time.Time {
-	if s.Tracker.Acked() != s.sentLSN || !s.Tracker.Idle() {
+	if s.Tracker.Confirmed() != s.sentLSN {
 		t := s.sentAt.Add(confirmGap)
 		if now := time.Now(); t.Before(now) {
 			// Acks have not moved the position since the last report: look

@@ -279,7 +279,7 @@ func (p *Pipeline) attempt(stop context.Context) error {
 	if txp == nil {
 		// Exactly once, the progress record travels in each Kafka
 		// transaction instead.
-		g.Go(func() error { return p.writeProgress(gctx, streamDone, store, base) })
+		g.Go(func() error { return p.writeProgress(gctx, stop, streamDone, store, base) })
 	}
 	err = g.Wait()
 	if s := p.snapState.Load(); err == nil && stop.Err() == nil && txp != nil && job != nil && s != nil && s.Done {
@@ -423,13 +423,20 @@ func (p *Pipeline) resume(ctx context.Context, slot logrepl.SlotState, rc *logre
 }
 
 // writeProgress makes acked positions durable: it writes a progress record
-// whenever Acked moves (at most every confirmGap) and only then lets the
-// tracker confirm the position. It ends when the stream has finished, whose
+// when Acked moves and only then lets the tracker confirm the position. A
+// record costs a produce round trip, as much as an event, so records are
+// spaced: at least confirmGap apart, and while acks trickle in (fewer than
+// recordEvents since the last record) up to recordMaxGap apart. A clean stop
+// gets its last record at once. It ends when the stream has finished, whose
 // drain waits for the last record.
-func (p *Pipeline) writeProgress(ctx context.Context, streamDone <-chan struct{}, store *sink.ProgressStore, base checkpoint.Record) error {
+func (p *Pipeline) writeProgress(ctx, stop context.Context, streamDone <-chan struct{}, store *sink.ProgressStore, base checkpoint.Record) error {
 	tr := p.tracker
 	written := tr.Confirmed()
 	var last time.Time
+	lastEvents := tr.Stats().AckedEvents
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	stopping := stop.Done()
 	for {
 		select {
 		case <-tr.Progress():
@@ -438,9 +445,17 @@ func (p *Pipeline) writeProgress(ctx context.Context, streamDone <-chan struct{}
 		case <-ctx.Done():
 			return nil
 		}
-		if wait := time.Until(last.Add(confirmGap)); wait > 0 {
+		for {
+			wait := recordWait(time.Now(), last, tr.Stats().AckedEvents-lastEvents, stopping == nil)
+			if wait <= 0 {
+				break
+			}
+			timer.Reset(wait)
 			select {
-			case <-time.After(wait):
+			case <-timer.C:
+			case <-stopping:
+				stopping = nil
+				timer.Stop()
 			case <-streamDone:
 				return nil
 			case <-ctx.Done():
@@ -453,6 +468,7 @@ func (p *Pipeline) writeProgress(ctx context.Context, streamDone <-chan struct{}
 		}
 		rec := base
 		rec.LSN, rec.Time, rec.Snapshot = acked, time.Now(), p.snapState.Load()
+		events := tr.Stats().AckedEvents
 		if err := store.Save(ctx, rec); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -460,7 +476,7 @@ func (p *Pipeline) writeProgress(ctx context.Context, streamDone <-chan struct{}
 			p.reconnect("kafka")
 			return err
 		}
-		last, written = time.Now(), acked
+		last, written, lastEvents = time.Now(), acked, events
 		tr.MarkDurable(acked)
 	}
 }
@@ -472,9 +488,32 @@ func (p *Pipeline) newTxnProducer(base checkpoint.Record, obs sink.Observer) (*s
 	return sink.NewTxnProducer(k, p.cfg.Pipeline, base, p.tracker, obs, p.log)
 }
 
+// recordWait is how long the progress writer waits before writing a record,
+// given the previous record's time and the events acked since: zero or less
+// means now.
+func recordWait(now, last time.Time, events uint64, stopping bool) time.Duration {
+	if wait := last.Add(confirmGap).Sub(now); wait > 0 {
+		return wait
+	}
+	if stopping || events >= recordEvents {
+		return 0
+	}
+	return min(recordPoll, last.Add(recordMaxGap).Sub(now))
+}
+
 // confirmGap spaces progress records while acks move: a crash re-sends at
 // most what was acked within it, and the record costs one small write per gap.
-const confirmGap = 20 * time.Millisecond
+// At everyday rates fewer than recordEvents events are acked in a gap; then a
+// record waits for recordEvents of them (looking every recordPoll), at most
+// recordMaxGap. A crash re-sends about as many events either way, and a
+// sidecar at a hundred events a second writes a few records a second instead
+// of fifty.
+const (
+	confirmGap   = 20 * time.Millisecond
+	recordEvents = 16
+	recordPoll   = 50 * time.Millisecond
+	recordMaxGap = time.Second
+)
 
 // Fingerprint identifies the publication and the table and message mapping,
 // so that a relay taking over a slot with another mapping can say so.

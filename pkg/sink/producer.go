@@ -119,6 +119,15 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	sc.Producer.MaxMessageBytes = k.MaxMessageBytes
 	sc.Producer.Timeout = 10 * time.Second
 	sc.ChannelBufferSize = 4096
+	// A record waits up to the linger for the records behind it, so that a
+	// produce request (encoding, a write, a read, a broker round trip and
+	// half a dozen goroutine hand-offs inside sarama) carries several; a
+	// batch that is already large goes at once rather than waiting out the
+	// timer, which keeps a backlog drain at full speed.
+	if k.Linger > 0 {
+		sc.Producer.Flush.Frequency = k.Linger
+		sc.Producer.Flush.Bytes = flushBytes
+	}
 	sc.Metadata.Full = false
 	sc.Metadata.Retry.Max = 10
 	sc.Metadata.Retry.Backoff = 500 * time.Millisecond
@@ -158,6 +167,9 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	}
 	return sc, nil
 }
+
+// flushBytes is the batch size that is sent without waiting out the linger.
+const flushBytes = 64 << 10
 
 // explicitOr honours an explicit partition (from partition_column), marked by
 // a non-negative msg.Partition, and otherwise defers to the given partitioner.
