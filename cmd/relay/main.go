@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -108,7 +109,21 @@ func loadConfig(cmd string, args []string, stderr io.Writer) (*config.Config, er
 	return config.Load(path)
 }
 
+// sidecarProcs is the relay's GOMAXPROCS unless the GOMAXPROCS variable
+// says otherwise. The pipeline is fed by one walsender, a single process
+// whose cost per event is of the order of the relay's, so a second P buys
+// no throughput; what it costs is a thread woken (a futex call and a
+// context switch) at nearly every hand-off between the relay's and
+// sarama's goroutines, about a dozen per event. One P keeps those
+// hand-offs on one thread: measured on 2 cores, 15-25% less CPU per event
+// at 100 to 3000 events/s and no slower draining a backlog (bench/, the
+// sidecar and drain sections).
+const sidecarProcs = 1
+
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		runtime.GOMAXPROCS(sidecarProcs)
+	}
 	cfg, err := loadConfig("run", args, stderr)
 	if err != nil {
 		return err
@@ -137,6 +152,6 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	}
 	defer stopHTTP()
 	log.Info().Str("version", version).Str("postgres", cfg.Postgres.URL.Redacted()).
-		Strs("brokers", cfg.Kafka.Brokers).Str("slot", cfg.Postgres.Slot).Msg("relay starting")
+		Strs("brokers", cfg.Kafka.Brokers).Str("slot", cfg.Postgres.Slot).Int("gomaxprocs", runtime.GOMAXPROCS(0)).Msg("relay starting")
 	return p.Run(ctx)
 }
