@@ -346,6 +346,38 @@ func TestExactlyOnceRestarts(t *testing.T) {
 	v.mustHold(t, true)
 	t.Logf("exactly_once, postgres restart + quick and long broker restarts: %s, writer retries=%d", v, w.retries.Load())
 	e.waitConfirmedCatchUp("outbox_relay", 30*time.Second)
+	// A clean stop commits what is open and exits 0.
+	if code := r.stop(40 * time.Second); code != 0 || !strings.Contains(r.out.String(), "stopped cleanly") {
+		t.Fatalf("exit %d after SIGTERM; output:\n%s", code, tail(r.out.String(), 20))
+	}
+}
+
+// TestExactlyOnceIdleOutbox writes 100+ MB of WAL to a table outside the
+// publication while the outbox idles: with nothing to publish, the relay
+// must still commit progress records for the positions it reaches, or the
+// slot would pin all that WAL.
+func TestExactlyOnceIdleOutbox(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.exec("CREATE TABLE churn (id bigint, pad text)", e.db)
+	e.startRelay(e.config(outboxOnly), exactlyOnce...)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	if err := p.insert(context.Background(), e.connect(), "public.outbox", 3, keyed(3, 0)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		e.exec("INSERT INTO churn SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 10000) g", e.db)
+	}
+	const limit = 16 << 20
+	var held int64
+	waitFor(t, 90*time.Second, "the slot to release WAL", func() bool {
+		confirmed, current := e.slotLSNs("outbox_relay")
+		held = current - confirmed
+		return held < limit
+	})
+	v := e.waitAllCommitted(p.committed(), 60*time.Second)
+	v.mustHold(t, true)
+	t.Logf("idle outbox, busy database: slot holds back %d KB; %s", held>>10, v)
 }
 
 const (
