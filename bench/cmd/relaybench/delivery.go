@@ -180,6 +180,9 @@ func deliveryDrain(ctx context.Context, o *options, w *world, slot, fence string
 	d.drain = time.Since(r.started)
 	r.stop()
 	d.drainCPU = r.cpu()
+	if n := r.out.lines(); n > 0 {
+		logf("delivery: the %s relay logged %d warning lines; tail:\n%s", d.mode, n, r.out.String())
+	}
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	recs, err := devenv.ReadCommitted(rctx, w.kafka.Addr(), topics()...)
