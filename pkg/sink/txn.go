@@ -64,6 +64,9 @@ type TxnProducer struct {
 	durable pglogrepl.LSN
 
 	snapshot func() *checkpoint.SnapshotProgress
+
+	// ending is closed when the latest CommitTxn or AbortTxn returns.
+	ending chan struct{}
 }
 
 // TxnSaramaConfig is SaramaConfig for a transactional producer with the
@@ -220,6 +223,22 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		}
 	}()
 	defer func() {
+		// sarama must not be closed while a commit or abort is still in
+		// its hands (endTxn gave up waiting for it): closing the client
+		// makes that call fail fast, and then the producer can close.
+		if p.ending != nil {
+			select {
+			case <-p.ending:
+			default:
+				p.halt()
+				select {
+				case <-p.ending:
+				case <-time.After(5 * time.Second):
+					p.log.Warn().Msg("kafka transaction did not end within 5s of closing the client; leaving the producer to the garbage collector")
+					return
+				}
+			}
+		}
 		p.ap.AsyncClose()
 		closed := make(chan struct{})
 		go func() { wg.Wait(); close(closed) }()
@@ -405,7 +424,10 @@ func (p *TxnProducer) begin(t *txnState) error {
 // producer instead of waiting.
 func (p *TxnProducer) endTxn(ctx context.Context, commit bool) error {
 	done := make(chan error, 1)
+	ending := make(chan struct{})
+	p.ending = ending
 	go func() {
+		defer close(ending)
 		if commit {
 			done <- p.ap.CommitTxn()
 		} else {
