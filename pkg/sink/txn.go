@@ -256,10 +256,25 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		select {
 		case p.ap.Input() <- msg:
 			return nil
-		case err := <-failure:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
+		default:
+		}
+		// sarama is not taking records (a broker away): wait, but not past
+		// the transaction's deadline.
+		check := time.NewTicker(txnStatusEvery)
+		defer check.Stop()
+		for {
+			select {
+			case p.ap.Input() <- msg:
+				return nil
+			case err := <-failure:
+				return err
+			case <-check.C:
+				if err := p.overdue(&t); err != nil {
+					return err
+				}
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 	}
 	// commit ends the open transaction (opening one for the record alone
@@ -274,6 +289,9 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 				return err
 			case <-check.C:
 				if err := p.doomed(); err != nil {
+					return err
+				}
+				if err := p.overdue(&t); err != nil {
 					return err
 				}
 			case <-ctx.Done():
@@ -299,7 +317,13 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		if err := send(msg); err != nil {
 			return err
 		}
-		if err := p.endTxn(ctx, true); err != nil {
+		cctx, cancel := context.WithDeadline(ctx, t.opened.Add(txnDeadline))
+		err := p.endTxn(cctx, true)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				return p.overdue(&t)
+			}
 			return err
 		}
 		t = txnState{}
@@ -390,6 +414,20 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 // it does not treat as final) for as long as its retries last, while the
 // transaction itself can no longer commit.
 const txnStatusEvery = 100 * time.Millisecond
+
+// txnDeadline bounds how long a transaction may stay open: the brokers
+// abort one that outlives the transaction timeout (TxnSaramaConfig) anyway,
+// and sarama, with the brokers away, retries its records for longer than
+// that before it gives up on them.
+const txnDeadline = 30 * time.Second
+
+// overdue reports an open transaction past txnDeadline.
+func (p *TxnProducer) overdue(t *txnState) error {
+	if t.open && time.Since(t.opened) > txnDeadline {
+		return fmt.Errorf("kafka transaction open for %s without committing (brokers unreachable or refusing produce?); aborting it and resuming from the last committed progress record", time.Since(t.opened).Round(time.Second))
+	}
+	return nil
+}
 
 // doomed reports a transaction that can no longer commit.
 func (p *TxnProducer) doomed() error {
