@@ -252,6 +252,12 @@ func newProducer() *producer { return &producer{seq: map[string]int{}} }
 // insert commits one transaction of n events on conn into table, with keys
 // chosen by keyOf(i).
 func (p *producer) insert(ctx context.Context, conn *pgx.Conn, table string, n int, keyOf func(i int) (typ, key string)) error {
+	return p.insertAt(ctx, conn, table, n, keyOf, time.Time{})
+}
+
+// insertAt is insert with an explicit created_at (which picks a partitioned
+// outbox's partition); the zero time leaves the column to its default.
+func (p *producer) insertAt(ctx context.Context, conn *pgx.Conn, table string, n int, keyOf func(i int) (typ, key string), at time.Time) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	tx, err := conn.Begin(ctx)
@@ -269,8 +275,15 @@ func (p *producer) insert(ctx context.Context, conn *pgx.Conn, table string, n i
 		next[table+"/"+key]++
 		ev := event{Type: typ, Key: key, Seq: next[table+"/"+key], Table: table}
 		payload, _ := json.Marshal(map[string]any{"key": key, "seq": ev.Seq, "pad": strings.Repeat("x", 120)})
-		err := tx.QueryRow(ctx, "INSERT INTO "+table+" (aggregatetype, aggregateid, type, payload) VALUES ($1, $2, $3, $4) RETURNING id::text",
-			typ, key, typ+"Created", payload).Scan(&ev.ID)
+		var row pgx.Row
+		if at.IsZero() {
+			row = tx.QueryRow(ctx, "INSERT INTO "+table+" (aggregatetype, aggregateid, type, payload) VALUES ($1, $2, $3, $4) RETURNING id::text",
+				typ, key, typ+"Created", payload)
+		} else {
+			row = tx.QueryRow(ctx, "INSERT INTO "+table+" (aggregatetype, aggregateid, type, payload, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id::text",
+				typ, key, typ+"Created", payload, at)
+		}
+		err := row.Scan(&ev.ID)
 		if err != nil {
 			return err
 		}

@@ -2,12 +2,9 @@ package test
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // partitionedDDL is an outbox partitioned by month of created_at, the usual
@@ -30,41 +27,6 @@ CREATE TABLE public.poutbox_2026_02 PARTITION OF public.poutbox FOR VALUES FROM 
 const partitionedConfig = "outbox:\n  - table: public.poutbox\n"
 
 func month(m int) time.Time { return time.Date(2026, time.Month(m), 10, 12, 0, 0, 0, time.UTC) }
-
-// insertAt is producer.insert with an explicit created_at, which picks the
-// partition.
-func (p *producer) insertAt(ctx context.Context, conn *pgx.Conn, table string, n int, keyOf func(i int) (typ, key string), at time.Time) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(ctx)
-	var batch []event
-	next := map[string]int{}
-	for k, v := range p.seq {
-		next[k] = v
-	}
-	for i := 0; i < n; i++ {
-		typ, key := keyOf(i)
-		next[table+"/"+key]++
-		ev := event{Type: typ, Key: key, Seq: next[table+"/"+key], Table: table}
-		payload, _ := json.Marshal(map[string]any{"key": key, "seq": ev.Seq})
-		err := tx.QueryRow(ctx, "INSERT INTO "+table+" (aggregatetype, aggregateid, type, payload, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id::text",
-			typ, key, typ+"Created", payload, at).Scan(&ev.ID)
-		if err != nil {
-			return err
-		}
-		batch = append(batch, ev)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return err
-	}
-	p.seq = next
-	p.events = append(p.events, batch...)
-	return nil
-}
 
 // TestPartitionedOutbox relays a partitioned outbox table configured by its
 // own name, through a publication the relay creates. Without
