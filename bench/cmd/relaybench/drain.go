@@ -164,47 +164,76 @@ func recvlogical(ctx context.Context, bin, url, slot, endLSN string, timeout tim
 	return elapsed, cpu, nil
 }
 
-// relayDrain times the relay from process start until Kafka holds every
-// event: start-up and topic creation are part of what a restarted relay
+// relayRun is one relay process timed from its start until Kafka holds the
+// records it was started for.
+type relayRun struct {
+	elapsed     time.Duration // process start -> every record in Kafka
+	firstRecord time.Duration // process start -> first record: start-up's share
+	delivered   int64         // records counted at the end; more than asked means duplicates
+	peak        int64         // VmHWM
+	cpu         cpuUse        // of every party while the relay ran
+	relayCPU    time.Duration
+	notes       int    // lines the relay logged at warn or above
+	output      string // what it printed (the tail it keeps), for those lines
+}
+
+// timeRelay starts the relay with a config named name and waits until Kafka
+// holds n records: start-up and topic creation are part of what a relay
 // facing a backlog pays too.
-func relayDrain(ctx context.Context, o *options, w *world, d *drainRun) error {
-	cfg, addr, err := w.relayConfig("drain-" + strconv.Itoa(d.txnSize))
+func timeRelay(ctx context.Context, o *options, w *world, name string, n int) (relayRun, error) {
+	var run relayRun
+	cfg, addr, err := w.relayConfig(name)
 	if err != nil {
-		return err
+		return run, err
 	}
 	r, err := startRelay(o.relayBin, cfg, addr)
 	if err != nil {
-		return err
+		return run, err
 	}
 	defer r.stop()
 	peak := &peakRSS{pid: r.pid()}
 	cpu0 := takeCPU(r.pid(), postmasterPid(w.pg.DataDir()))
-	err = waitUntil(ctx, r, o.waitTimeout, pollEvery, fmt.Sprintf("%d records in Kafka", d.events), func() (bool, error) {
+	err = waitUntil(ctx, r, o.waitTimeout, pollEvery, fmt.Sprintf("%d records in Kafka", n), func() (bool, error) {
 		peak.sample()
 		c, err := w.count(ctx)
 		if err != nil {
 			return false, err
 		}
-		d.delivered = c
-		if c > 0 && d.firstRecord == 0 {
-			d.firstRecord = time.Since(r.started)
+		run.delivered = c
+		if c > 0 && run.firstRecord == 0 {
+			run.firstRecord = time.Since(r.started)
 		}
-		return c >= int64(d.events), nil
+		return c >= int64(n), nil
 	})
 	if err != nil {
-		return fmt.Errorf("%w (%d of %d delivered)", err, d.delivered, d.events)
+		return run, fmt.Errorf("%w (%d of %d delivered)", err, run.delivered, n)
 	}
-	d.relay = time.Since(r.started)
-	d.cpu = cpu0.to(takeCPU(r.pid(), postmasterPid(w.pg.DataDir())))
+	run.elapsed = time.Since(r.started)
+	run.cpu = cpu0.to(takeCPU(r.pid(), postmasterPid(w.pg.DataDir())))
 	peak.sample()
 	r.stop()
-	d.relayPeak = peak.peak
-	d.relayCPU = r.cpu()
-	d.relayNotes = r.out.lines()
+	run.peak = peak.peak
+	run.relayCPU = r.cpu()
+	run.notes = r.out.lines()
+	if run.notes > 0 {
+		run.output = r.out.String()
+	}
+	return run, nil
+}
+
+// relayDrain times the relay draining the backlog d describes.
+func relayDrain(ctx context.Context, o *options, w *world, d *drainRun) error {
+	run, err := timeRelay(ctx, o, w, "drain-"+strconv.Itoa(d.txnSize), d.events)
+	d.delivered = run.delivered
+	if err != nil {
+		return err
+	}
+	d.relay, d.firstRecord, d.cpu = run.elapsed, run.firstRecord, run.cpu
+	d.relayPeak, d.relayCPU, d.relayNotes = run.peak, run.relayCPU, run.notes
 	logf("drain: relay: %s (%.0f events/s; first record after %s), peak RSS %d MB, %s CPU",
 		d.relay.Round(time.Millisecond), d.relayRate(), d.firstRecord.Round(time.Millisecond), d.relayPeak>>20, d.relayCPU.Round(time.Millisecond))
 	if d.relayNotes > 0 {
-		logf("drain: the relay logged %d warning lines; tail:\n%s", d.relayNotes, r.out.String())
+		logf("drain: the relay logged %d warning lines; tail:\n%s", d.relayNotes, run.output)
 	}
 	return nil
 }

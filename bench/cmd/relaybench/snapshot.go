@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -62,38 +61,13 @@ func snapshotOnce(ctx context.Context, o *options, w *world, s *snapshotRun) err
 	}
 	logf("snapshot: wrote %d rows in %s (table %d MB)", s.events, s.writeTime.Round(time.Millisecond), s.tableBytes>>20)
 
-	cfg, addr, err := w.relayConfig("snapshot")
+	run, err := timeRelay(ctx, o, w, "snapshot", s.events)
+	s.delivered = run.delivered
 	if err != nil {
 		return err
 	}
-	r, err := startRelay(o.relayBin, cfg, addr)
-	if err != nil {
-		return err
-	}
-	defer r.stop()
-	peak := &peakRSS{pid: r.pid()}
-	cpu0 := takeCPU(r.pid(), postmasterPid(w.pg.DataDir()))
-	err = waitUntil(ctx, r, o.waitTimeout, pollEvery, fmt.Sprintf("%d records in Kafka", s.events), func() (bool, error) {
-		peak.sample()
-		c, err := w.count(ctx)
-		if err != nil {
-			return false, err
-		}
-		s.delivered = c
-		if c > 0 && s.firstRecord == 0 {
-			s.firstRecord = time.Since(r.started)
-		}
-		return c >= int64(s.events), nil
-	})
-	if err != nil {
-		return fmt.Errorf("%w (%d of %d delivered)", err, s.delivered, s.events)
-	}
-	s.relay = time.Since(r.started)
-	s.cpu = cpu0.to(takeCPU(r.pid(), postmasterPid(w.pg.DataDir())))
-	peak.sample()
-	r.stop()
-	s.peak = peak.peak
-	s.relayCPU = r.cpu()
+	s.relay, s.firstRecord, s.cpu = run.elapsed, run.firstRecord, run.cpu
+	s.peak, s.relayCPU = run.peak, run.relayCPU
 	logf("snapshot: %d rows in %s (%.0f rows/s; first record after %s), peak RSS %d MB, relay CPU %s",
 		s.events, s.relay.Round(time.Millisecond), s.rate(), s.firstRecord.Round(time.Millisecond), s.peak>>20, s.relayCPU.Round(time.Millisecond))
 	return nil
