@@ -135,7 +135,7 @@ type Table struct {
 	TombstoneOnEmptyPayload bool              `mapstructure:"tombstone_on_empty_payload"`
 	OnUpdate                OnUpdate          `mapstructure:"on_update"`
 	OnMissingColumn         OnMissingColumn   `mapstructure:"on_missing_column"`
-	Snapshot                TableSnapshot     `mapstructure:"snapshot"`
+	Snapshot                TableSnapshot     `mapstructure:"snapshot" json:"-"` // an order, not a mapping: left out of the progress record's fingerprint
 	// CloudEvents adds CloudEvents 1.0 binary-mode headers (ce_*) to the
 	// records; CloudEventsSource is their ce_source, by default
 	// /relay/<database>/<table>.
