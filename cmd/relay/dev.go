@@ -62,7 +62,8 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- serve(runCtx, &cfg, newLogger(cfg.Log, stderr)) }()
 
-	// Rows committed before the slot exists would not be relayed.
+	// Writing once the slot exists shows the events arriving through the
+	// stream (rows written earlier would come from the initial snapshot).
 	if err := waitSlot(ctx, pg.SuperURL(), cfg.Postgres.Slot, relayDone); err != nil {
 		return err
 	}
