@@ -17,21 +17,6 @@ import (
 // progressTopic is kafka.progress_topic's default.
 const progressTopic = "relay.progress"
 
-// dropSlot terminates the slot's walsender, if any, and drops the slot.
-func (e *env) dropSlot(slot string) {
-	e.t.Helper()
-	waitFor(e.t, 30*time.Second, "the slot to be dropped", func() bool {
-		_ = e.scan("SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", []any{slot}, new(int64))
-		var n int64
-		err := e.scan("SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", []any{slot}, &n)
-		if err != nil {
-			return false
-		}
-		var left int64
-		return e.scan("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", []any{slot}, &left) == nil && left == 0
-	})
-}
-
 func (e *env) slotExists(slot string) bool {
 	var n int64
 	if err := e.scan("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", []any{slot}, &n); err != nil {
@@ -67,7 +52,7 @@ func TestSlotDroppedWhileRunning(t *testing.T) {
 	p := newProducer()
 	w := e.startSteadyWriter(p, 10*time.Millisecond)
 	e.waitGrowth(100, 60*time.Second)
-	e.dropSlot("outbox_relay")
+	e.dropSlot(t, "outbox_relay")
 	out := mustStopForLostSlot(t, r)
 	w.halt()
 	if n := strings.Count(out, "created replication slot"); n != 1 {
@@ -100,7 +85,7 @@ func TestSlotDroppedWhileStopped(t *testing.T) {
 	if code := r.stop(30 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	e.dropSlot("outbox_relay")
+	e.dropSlot(t, "outbox_relay")
 	// Committed while no slot exists: no slot can ever decode these.
 	gap := newProducer()
 	if err := gap.insert(context.Background(), conn, "public.outbox", 5, func(i int) (string, string) { return "Gap", fmt.Sprint("gap-", i) }); err != nil {

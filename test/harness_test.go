@@ -403,6 +403,24 @@ func (e *env) connect() *pgx.Conn {
 	return conn
 }
 
+// dropSlot terminates the slot's walsender, if any (a stopped relay's can
+// outlive it by a moment, and the slot cannot be dropped while active), and
+// drops the slot; a slot that is already gone is fine. t is the (sub)test
+// calling it, which a failure stops.
+func (e *env) dropSlot(t *testing.T, slot string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "the slot to be dropped", func() bool {
+		_ = e.scan("SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", []any{slot}, new(int64))
+		var n int64
+		err := e.scan("SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", []any{slot}, &n)
+		if err != nil {
+			return false
+		}
+		var left int64
+		return e.scan("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", []any{slot}, &left) == nil && left == 0
+	})
+}
+
 // slotLSNs returns the slot's confirmed_flush_lsn and the server's current WAL
 // position, in bytes.
 func (e *env) slotLSNs(slot string) (confirmed, current int64) {

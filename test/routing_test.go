@@ -106,7 +106,7 @@ func TestRouting(t *testing.T) {
 		if code := r.stop(30 * time.Second); code != 0 {
 			t.Fatalf("exit %d after SIGTERM", code)
 		}
-		routingDropSlot(t, e, "legacy_slot")
+		e.dropSlot(t, "legacy_slot")
 	})
 
 	t.Run("on_update left at its default: insert-only publication", func(t *testing.T) {
@@ -123,7 +123,7 @@ func TestRouting(t *testing.T) {
 		if code := r.stop(30 * time.Second); code != 0 {
 			t.Fatalf("exit %d after SIGTERM", code)
 		}
-		routingDropSlot(t, e, "default_slot")
+		e.dropSlot(t, "default_slot")
 	})
 
 	r := e.startRelay(e.config(routingConfig))
@@ -378,18 +378,6 @@ func routingWait(t *testing.T, e *env, want map[string]int, timeout time.Duratio
 		t.Fatalf("records per topic %v, want %v", got, want)
 	}
 	return recs
-}
-
-// routingDropSlot drops a slot a stopped relay used, so that it holds no WAL
-// for the rest of the test. The walsender may outlive the relay by a moment;
-// until it goes the slot is active and cannot be dropped.
-func routingDropSlot(t *testing.T, e *env, slot string) {
-	t.Helper()
-	waitFor(t, 30*time.Second, "dropping slot "+slot, func() bool {
-		var n int
-		err := e.scan(`SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, []any{slot}, &n)
-		return err == nil && n == 1
-	})
 }
 
 // routingLogged reports whether the relay logged a line at level containing
