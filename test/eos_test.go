@@ -33,29 +33,11 @@ func withEnv(extra ...string) []string {
 // committed event and returns the verdict on what it sees.
 func (e *env) waitAllCommitted(committed []event, timeout time.Duration) verdict {
 	e.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		last := time.Now().After(deadline)
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		// The high watermark counts aborted records and markers too, so it
-		// only tells when reading cannot be worth it yet.
-		n, err := devenv.CountRecords(ctx, e.kafka.Addr(), outboxTopics...)
-		v := verdict{events: len(committed), lost: -1}
-		if err == nil && (n >= int64(len(committed)) || last) {
-			var recs []devenv.Record
-			if recs, err = devenv.ReadCommitted(ctx, e.kafka.Addr(), outboxTopics...); err == nil {
-				v = check(committed, recs, e.parts, defaultTopic)
-			}
-		}
-		cancel()
-		if v.lost == 0 {
-			return v
-		}
-		if last {
-			e.t.Fatalf("not every committed event is visible to read_committed within %s: %s (error: %v)\n%s", timeout, v, err, strings.Join(v.problems, "\n"))
-		}
-		time.Sleep(250 * time.Millisecond)
+	v, err := e.collect(committed, timeout, devenv.ReadCommitted)
+	if err != nil {
+		e.t.Fatalf("read_committed: %v\n%s", err, strings.Join(v.problems, "\n"))
 	}
+	return v
 }
 
 // uncommittedDuplicates is how many records a read_uncommitted consumer

@@ -443,17 +443,25 @@ func (e *env) waitAllDelivered(committed []event, timeout time.Duration) verdict
 // collectDelivered is waitAllDelivered returning the last verdict with an
 // error on timeout, for callers that report it either way.
 func (e *env) collectDelivered(committed []event, timeout time.Duration) (verdict, error) {
+	return e.collect(committed, timeout, devenv.ReadAll)
+}
+
+// collect polls Kafka until read (devenv.ReadAll, or ReadCommitted for what
+// a read_committed consumer sees) returns every committed event, and returns
+// the verdict on what it read; on timeout, the last verdict and an error.
+func (e *env) collect(committed []event, timeout time.Duration, read func(ctx context.Context, addr string, topics ...string) ([]devenv.Record, error)) (verdict, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		last := time.Now().After(deadline)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		// Counting is cheap; reading every record only pays once enough
-		// are there (duplicates count too, so a count alone proves nothing).
+		// are there (duplicates, and under exactly_once aborted records and
+		// markers, count too, so a count alone proves nothing).
 		n, err := devenv.CountRecords(ctx, e.kafka.Addr(), outboxTopics...)
 		v := verdict{events: len(committed), lost: -1}
 		if err == nil && (n >= int64(len(committed)) || last) {
 			var recs []devenv.Record
-			if recs, err = devenv.ReadAll(ctx, e.kafka.Addr(), outboxTopics...); err == nil {
+			if recs, err = read(ctx, e.kafka.Addr(), outboxTopics...); err == nil {
 				v = check(committed, recs, e.parts, defaultTopic)
 			}
 		}
