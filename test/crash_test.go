@@ -38,6 +38,35 @@ func (e *env) finalCheck(p *producer) verdict {
 	return v
 }
 
+// killUnderLoad kills the relay with SIGKILL kills times while a writer adds
+// events, each time once some progress was made since the last start, at a
+// random point within it, and restarts it with cfg and extraEnv; it returns
+// the relay running at the end.
+func (e *env) killUnderLoad(r *relay, cfg string, kills int, extraEnv ...string) *relay {
+	e.t.Helper()
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for i := 0; i < kills; i++ {
+		base := e.deliveredCount()
+		want := base + int64(50+rng.Intn(400))
+		waitFor(e.t, 60*time.Second, "progress before kill", func() bool { return e.deliveredCount() >= want })
+		if i%2 == 1 {
+			// Against a local broker acks come back within a millisecond, so
+			// a random kill rarely lands on unacked events. Every other kill
+			// happens while the broker is refusing produce: events are then
+			// certainly handed over but unacked, and confirming them early
+			// would lose them.
+			fault := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.NotEnoughReplicas, Count: -1})
+			waitFor(e.t, 30*time.Second, "refused produce requests", func() bool { return fault.Hits() >= 3 })
+			r.kill()
+			fault.Remove()
+		} else {
+			r.kill()
+		}
+		r = e.startRelay(cfg, extraEnv...)
+	}
+	return r
+}
+
 // TestKill9Loop kills the relay with SIGKILL at random moments while events
 // stream in, restarting it each time. A relay that confirmed LSNs before Kafka
 // acked would lose the events in flight at each kill (lost > 0); one that
@@ -49,29 +78,8 @@ func TestKill9Loop(t *testing.T) {
 	e.waitStreaming("outbox_relay")
 	p := newProducer()
 	w := e.startSteadyWriter(p, 3*time.Millisecond)
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	const kills = 5
-	for i := 0; i < kills; i++ {
-		// Kill once some progress has been made since the last start, at a
-		// random point within it.
-		base := e.deliveredCount()
-		want := base + int64(50+rng.Intn(400))
-		waitFor(t, 60*time.Second, "progress before kill", func() bool { return e.deliveredCount() >= want })
-		if i%2 == 1 {
-			// Against a local broker acks come back within a millisecond, so
-			// a random kill rarely lands on unacked events. Every other kill
-			// happens while the broker is refusing produce: events are then
-			// certainly handed over but unacked, and confirming them early
-			// would lose them.
-			fault := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.NotEnoughReplicas, Count: -1})
-			waitFor(t, 30*time.Second, "refused produce requests", func() bool { return fault.Hits() >= 3 })
-			r.kill()
-			fault.Remove()
-		} else {
-			r.kill()
-		}
-		r = e.startRelay(cfg)
-	}
+	r = e.killUnderLoad(r, cfg, kills)
 	e.waitStreaming("outbox_relay")
 	w.halt()
 	v := e.finalCheck(p)

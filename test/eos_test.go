@@ -7,7 +7,6 @@ package test
 
 import (
 	"context"
-	"math/rand"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,22 +59,8 @@ func TestExactlyOnceKill9Loop(t *testing.T) {
 	e.waitStreaming("outbox_relay")
 	p := newProducer()
 	w := e.startSteadyWriter(p, 3*time.Millisecond)
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	const kills = 5
-	for i := 0; i < kills; i++ {
-		base := e.deliveredCount()
-		want := base + int64(50+rng.Intn(400))
-		waitFor(t, 60*time.Second, "progress before kill", func() bool { return e.deliveredCount() >= want })
-		if i%2 == 1 {
-			fault := e.kafka.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.NotEnoughReplicas, Count: -1})
-			waitFor(t, 30*time.Second, "refused produce requests", func() bool { return fault.Hits() >= 3 })
-			r.kill()
-			fault.Remove()
-		} else {
-			r.kill()
-		}
-		r = e.startRelay(cfg, exactlyOnce...)
-	}
+	r = e.killUnderLoad(r, cfg, kills, exactlyOnce...)
 	e.waitStreaming("outbox_relay")
 	w.halt()
 	v := e.waitAllCommitted(p.committed(), 120*time.Second)
