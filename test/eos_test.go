@@ -60,7 +60,7 @@ func TestExactlyOnceKill9Loop(t *testing.T) {
 	p := newProducer()
 	w := e.startSteadyWriter(p, 3*time.Millisecond)
 	const kills = 5
-	r = e.killUnderLoad(r, cfg, kills, exactlyOnce...)
+	e.killUnderLoad(r, cfg, kills, exactlyOnce...)
 	e.waitStreaming("outbox_relay")
 	w.halt()
 	v := e.waitAllCommitted(p.committed(), 120*time.Second)
