@@ -5,6 +5,7 @@
 # event reached Kafka with per-key order kept.
 #
 #   test/chaos.sh 10m
+#   RELAY_KAFKA_DELIVERY=exactly_once test/chaos.sh 10m   # verdict at read_committed, duplicates fail it
 #
 # Prints the verdict as its last line:
 #   events=N lost=N duplicates=N order_violations=N
