@@ -330,7 +330,7 @@ func TestChaos(t *testing.T) {
 		// read_committed consumer sees, and duplicates count against it.
 		v := e.waitAllCommitted(committed, 5*time.Minute)
 		t.Logf("faults: %v; writer retries=%d ambiguous_commits=%d misplaced=%d", counts, w.retries.Load(), w.ambiguous.Load(), v.misplaced)
-		fmt.Printf("events=%d lost=%d duplicates=%d order_violations=%d (read_committed)\n", v.events, v.lost, v.duplicates, v.orderViolations)
+		fmt.Printf("events=%d lost=%d duplicates=%d order_violations=%d\n", v.events, v.lost, v.duplicates, v.orderViolations)
 		v.mustHold(t, true)
 		return
 	}
