@@ -319,3 +319,35 @@ func vmHWM(t *testing.T, pid int) int64 {
 	}
 	return 0
 }
+
+// TestKill9CaughtUpResendsNothing kills the relay with SIGKILL once every
+// event is acknowledged and the slot confirmed up to the current WAL: the
+// unacked tail is empty, so the restarted relay must re-send nothing. A relay
+// that moved the slot or its progress record only at a clean stop, or
+// resumed from anywhere behind them, would publish the events again.
+func TestKill9CaughtUpResendsNothing(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := e.config("")
+	r := e.startRelay(cfg)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	conn := e.connect()
+	for i := 0; i < 20; i++ {
+		if err := p.insert(context.Background(), conn, "public.outbox", 25, keyed(50, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitAllDelivered(p.committed(), 60*time.Second).mustHold(t, true)
+	e.waitConfirmedCatchUp("outbox_relay", 30*time.Second)
+	r.kill()
+
+	restarted := e.startRelay(cfg)
+	e.waitStreaming("outbox_relay")
+	if err := p.insert(context.Background(), conn, "public.outbox", 25, keyed(50, 99)); err != nil {
+		t.Fatal(err)
+	}
+	v := e.waitAllDelivered(p.committed(), 60*time.Second)
+	t.Logf("kill -9 after catching up: %s", v)
+	v.mustHold(t, true)
+	restarted.mustBeRunning()
+}
