@@ -115,7 +115,7 @@ func loadConfig(cmd string, args []string, stderr io.Writer) (*config.Config, er
 // no throughput; what it costs is a thread woken (a futex call and a
 // context switch) at nearly every hand-off between the relay's and
 // sarama's goroutines, about a dozen per event. One P keeps those
-// hand-offs on one thread: measured on 2 cores, 15-25% less CPU per event
+// hand-offs on one thread: measured on 2 cores, 10-25% less CPU per event
 // at 100 to 3000 events/s and no slower draining a backlog (bench/, the
 // sidecar and drain sections).
 const sidecarProcs = 1
