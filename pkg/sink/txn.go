@@ -251,6 +251,10 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 	}()
 
 	t := txnState{}
+	// One ticker for every wait below: a blocked send is common while
+	// draining a backlog, and a timer per event would cost more than the send.
+	check := time.NewTicker(txnStatusEvery)
+	defer check.Stop()
 	send := func(msg *sarama.ProducerMessage) error {
 		pending.Add(1)
 		select {
@@ -258,10 +262,8 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 			return nil
 		default:
 		}
-		// sarama is not taking records (a broker away): wait, but not past
-		// the transaction's deadline.
-		check := time.NewTicker(txnStatusEvery)
-		defer check.Stop()
+		// sarama is not taking records (a broker away, or simply busy):
+		// wait, but not past the transaction's deadline.
 		for {
 			select {
 			case p.ap.Input() <- msg:
@@ -280,8 +282,6 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 	// commit ends the open transaction (opening one for the record alone
 	// if none is), with the progress record as its last message.
 	commit := func() error {
-		check := time.NewTicker(txnStatusEvery)
-		defer check.Stop()
 		for pending.Load() > 0 {
 			select {
 			case <-drained:
