@@ -1,16 +1,22 @@
-// Package pipeline runs logrepl -> decode -> sink with acks flowing back to the
-// checkpoint tracker, and restarts the whole chain after retryable failures.
+// Package pipeline wires the relay's stages for one attempt and restarts the
+// attempt after retryable failures. The stages call each other as follows:
+// logrepl.Stream reads the slot, decodes each message with decode.Decoder and
+// reserves in-flight room in the checkpoint tracker before it hands an event
+// to the sink over a channel; the sink acks events to the tracker; a progress
+// writer here turns acked positions into progress records, and the stream
+// confirms to Postgres only what a record vouches for. On a slot it just
+// created, the attempt first publishes the rows already in the outbox tables
+// (the initial snapshot); under exactly_once the transactional producer
+// carries the progress record in each Kafka transaction instead.
 //
 // Each attempt reads the relay's progress record from Kafka, compares it with
 // the slot (checkpoint.Decide: a slot that is missing or ahead of the record
 // is fatal, never silently recreated), resets the process's one tracker to
 // the start it chose, and builds a fresh producer and replication session.
 // Nothing unconfirmed survives an attempt, so a restart can only re-send the
-// unacked tail (duplicates), never skip an event. While streaming, a progress
-// writer turns acked positions into records; only those may be confirmed to
-// Postgres. Fatal errors end Run; a cancelled context starts a clean stop:
-// finish the open transaction, wait for acks and their record up to the drain
-// timeout, confirm, return nil.
+// unacked tail (duplicates), never skip an event. Fatal errors end Run; a
+// cancelled context starts a clean stop: finish the open transaction, wait
+// for acks and their record up to the drain timeout, confirm, return nil.
 package pipeline
 
 import (
