@@ -115,7 +115,7 @@ func (p *Pipeline) Run(stop context.Context) error {
 			// backend that Postgres has not reaped yet.
 			ev = p.log.Info()
 		}
-		ev.Err(err).Dur("retry_in", backoff).Msg("pipeline stopped; restarting from the slot's confirmed position")
+		ev.Err(err).Dur("retry_in", backoff).Msg("pipeline stopped; restarting from the confirmed position (the newer of the slot and the progress record)")
 		select {
 		case <-stop.Done():
 			return nil
