@@ -198,6 +198,19 @@ func (p explicitPartitioner) Partition(msg *sarama.ProducerMessage, n int32) (in
 
 func (p explicitPartitioner) RequiresConsistency() bool { return true }
 
+// dial tests the credentials once (see Handshake) and connects a client of
+// the caller's own: each producer closes its client to stop it for good.
+func dial(k config.Kafka, sc *sarama.Config, purpose string) (sarama.Client, error) {
+	if err := Handshake(k, sc); err != nil {
+		return nil, err
+	}
+	client, err := sarama.NewClient(k.Brokers, sc)
+	if err != nil {
+		return nil, classify(fmt.Errorf("connecting to kafka brokers %v%s: %w", k.Brokers, purpose, err))
+	}
+	return client, nil
+}
+
 // NewProducer connects to the brokers. Failing to reach them is retryable.
 func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*Producer, error) {
 	sc, err := SaramaConfig(k)
@@ -209,12 +222,9 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	// logins (see Handshake).
 	warnInsecure(k, log)
 	warnDeprecated(k, log)
-	if err := Handshake(k, sc); err != nil {
-		return nil, err
-	}
-	client, err := sarama.NewClient(k.Brokers, sc)
+	client, err := dial(k, sc, "")
 	if err != nil {
-		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
+		return nil, err
 	}
 	ap, err := sarama.NewAsyncProducerFromClient(client)
 	if err != nil {

@@ -54,15 +54,12 @@ func OpenProgress(k config.Kafka, create bool) (*ProgressStore, error) {
 	// Reads stop at a known offset; closing the consumer waits for the fetch
 	// in flight, which past the end lasts MaxWaitTime.
 	sc.Consumer.MaxWaitTime = 20 * time.Millisecond
-	// This is an attempt's first Kafka connection: test the credentials once
-	// here, before sarama's retries turn a wrong password into dozens of
-	// failed logins.
-	if err := Handshake(k, sc); err != nil {
-		return nil, err
-	}
-	client, err := sarama.NewClient(k.Brokers, sc)
+	// This is an attempt's first Kafka connection, so the credential test
+	// in dial comes before sarama's retries could turn a wrong password into
+	// dozens of failed logins.
+	client, err := dial(k, sc, " for the progress topic")
 	if err != nil {
-		return nil, classify(fmt.Errorf("connecting to kafka brokers %v for the progress topic: %w", k.Brokers, err))
+		return nil, err
 	}
 	s := &ProgressStore{topic: k.ProgressTopic, client: client, writable: create}
 	if !create {

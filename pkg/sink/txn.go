@@ -103,12 +103,9 @@ func NewTxnProducer(k config.Kafka, pl config.Pipeline, base checkpoint.Record, 
 		return nil, err
 	}
 	warnInsecure(k, log)
-	if err := Handshake(k, sc); err != nil {
-		return nil, err
-	}
-	client, err := sarama.NewClient(k.Brokers, sc)
+	client, err := dial(k, sc, "")
 	if err != nil {
-		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
+		return nil, err
 	}
 	ap, err := sarama.NewAsyncProducerFromClient(client)
 	if err != nil {
