@@ -211,6 +211,21 @@ func dial(k config.Kafka, sc *sarama.Config, purpose string) (sarama.Client, err
 	return client, nil
 }
 
+// closeWithin closes ap and waits, at most d, for the goroutines in wg that
+// drain its Successes and Errors. sarama retries what it holds for as long
+// as it was asked to, so with the brokers away closing could take forever.
+func closeWithin(ap sarama.AsyncProducer, wg *sync.WaitGroup, d time.Duration) bool {
+	ap.AsyncClose()
+	closed := make(chan struct{})
+	go func() { wg.Wait(); close(closed) }()
+	select {
+	case <-closed:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 // NewProducer connects to the brokers. Failing to reach them is retryable.
 func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*Producer, error) {
 	sc, err := SaramaConfig(k)
@@ -315,15 +330,9 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 		}
 	}()
 	defer func() {
-		p.ap.AsyncClose()
-		// sarama retries what it holds for as long as we asked it to, so with
-		// the broker away closing could take forever. Whatever is left is
-		// unconfirmed and will be sent again after the restart.
-		closed := make(chan struct{})
-		go func() { wg.Wait(); close(closed) }()
-		select {
-		case <-closed:
-		case <-time.After(5 * time.Second):
+		// Whatever is left after the wait is unconfirmed and will be sent
+		// again after the restart.
+		if !closeWithin(p.ap, &wg, 5*time.Second) {
 			p.log.Warn().Msg("kafka producer did not close within 5s; abandoning its unacknowledged events (they will be sent again)")
 		}
 		// An abandoned producer must not deliver its retries behind the

@@ -236,12 +236,7 @@ func (p *TxnProducer) Run(ctx context.Context, in <-chan *decode.Event) error {
 				}
 			}
 		}
-		p.ap.AsyncClose()
-		closed := make(chan struct{})
-		go func() { wg.Wait(); close(closed) }()
-		select {
-		case <-closed:
-		case <-time.After(5 * time.Second):
+		if !closeWithin(p.ap, &wg, 5*time.Second) {
 			p.log.Warn().Msg("kafka producer did not close within 5s; its open transaction stays uncommitted (the next start aborts it)")
 		}
 		p.halt()
