@@ -33,7 +33,7 @@ func Default() Config {
 			Partitioner:     PartitionerMurmur2,
 			Compression:     CompressionNone,
 			MaxMessageBytes: 1000000,
-			Linger:          time.Millisecond,
+			Linger:          0,
 			ProgressTopic:   "relay.progress",
 			Delivery:        DeliveryAtLeastOnce,
 			// OnUnpublishable and its deprecated name Oversized stay empty:

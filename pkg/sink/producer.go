@@ -4,227 +4,167 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
-	gometrics "github.com/rcrowley/go-metrics"
 	"github.com/rs/zerolog"
 
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/decode"
-	"github.com/relay-dev/relay/pkg/fault"
 )
 
-// Acker receives the sequence number of every event Kafka acknowledged.
-type Acker interface {
-	Ack(seq uint64)
-}
-
-// Observer is told about publishing outcomes, for metrics. It may be nil.
-type Observer interface {
-	Published(ev *decode.Event, latency time.Duration)
-	PublishError(reason string)
-}
-
-// Producer publishes events with a sarama AsyncProducer configured for
-// at-least-once delivery in order per partition: acks=all, idempotence, one
-// request in flight per broker and retries for as long as the process lives.
+// Producer publishes events over sarama's broker connections, building the
+// produce requests itself: one goroutine owns every partition's queue and
+// keeps at most one request in flight per broker, so a partition's records
+// reach Kafka in the order they were handed over, and whatever arrives while
+// a request is in flight goes in the next one. sarama's AsyncProducer does
+// the same job through eight goroutines per record, which at everyday rates
+// (one event per transaction, a hundred to a few thousand a second) cost the
+// relay more CPU than everything else it does; here a record costs a
+// hand-over from the stream and the broker connection's read of the
+// response.
+//
+// A batch the broker refuses for a reason that can pass (no leader, not
+// enough replicas, a broken connection) is sent again, after fresh metadata
+// and a backoff, before anything later of its partition; sending it again can
+// duplicate it (when the first attempt was written but its response lost),
+// never reorder it. A batch refused for good, or retried past
+// Producer.Retry.Max, ends Run with an error and nothing more is sent: the
+// pipeline restarts from the confirmed position.
 type Producer struct {
-	ap  sarama.AsyncProducer
-	ack Acker
-	obs Observer
-	log zerolog.Logger
-
-	// client is the producer's own, so that closing it can stop the
-	// producer from sending anything more; see halt.
-	client sarama.Client
-	halted sync.Once
-
+	c     cluster
+	ack   Acker
+	obs   Observer
+	log   zerolog.Logger
 	unpub *unpublishable // kafka.on_unpublishable, see unpublishable.go
-	fl    *flight        // Run's records in flight (Run is called once)
+	fl    flight
+
+	partitioner func(topic string) sarama.Partitioner
+	codec       sarama.CompressionCodec
+	level       int
+	version     int16
+	timeout     int32 // produce timeout, ms
+	linger      time.Duration
+	maxBatch    int // bytes of one partition's batch: kafka.max_message_bytes
+	maxRetries  int
+	backoff     func(retries int) time.Duration
+
+	topics   map[string]*topicQueues
+	brokers  map[brokerConn]*brokerState
+	retrying []*partQueue
+	parked   *decode.Event // a dead letter waiting for its key's earlier records
+	results  chan result
+	quit     chan struct{} // closed when Run has returned: callbacks stop waiting
+	ran      bool
 }
 
-// item carries an event through sarama. Embedding the message in one struct
-// with the event means one allocation per record, and Metadata points back to it
-// without boxing.
-type item struct {
-	msg  sarama.ProducerMessage
+// cluster is what the producer needs of sarama's client.
+type cluster interface {
+	Partitions(topic string) ([]int32, error)
+	RefreshMetadata(topics ...string) error
+	leader(topic string, partition int32) (brokerConn, error)
+	Close() error
+}
+
+// brokerConn is one broker's connection: sarama's *Broker.
+type brokerConn interface {
+	AsyncProduce(req *sarama.ProduceRequest, cb sarama.ProduceCallback) error
+	Close() error
+}
+
+type saramaCluster struct{ sarama.Client }
+
+func (c saramaCluster) leader(topic string, partition int32) (brokerConn, error) {
+	b, err := c.Leader(topic, partition)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+type topicQueues struct {
+	partitioner sarama.Partitioner
+	parts       map[int32]*partQueue
+}
+
+// partQueue is one partition's records, oldest first; the first sent of them
+// are in the request in flight.
+type partQueue struct {
+	topic   string
+	id      int32
+	leader  *brokerState // nil while the leader is looked up again
+	pending []*record
+	sent    int
+	listed  bool // on leader.ready
+	retries int
+	retryAt time.Time
+	lastErr error
+}
+
+type brokerState struct {
+	conn  brokerConn
+	busy  bool
+	ready []*partQueue // queues with records not yet sent (some maybe moved or backing off)
+	since time.Time    // when the oldest record not yet sent arrived, for the linger
+	bytes int          // of the records not yet sent, for the linger
+}
+
+// record is an event as it goes into a record batch. Embedding the header
+// storage means one allocation per event in the common case.
+type record struct {
 	ev   *decode.Event
-	sent time.Time
-	// Storage the message points into, so building a record allocates the
-	// item alone in the common case (no boxed encoders, no header slice).
-	key, value sarama.ByteEncoder
-	headers    [4]sarama.RecordHeader
-	slot       uint16 // flight's key bucket + 1; 0: not counted per key
+	r    sarama.Record
+	ts   time.Time
+	at   time.Time // handed to the producer, for the latency metric
+	size int
+	slot uint16 // flight's key bucket + 1; 0: not counted per key
+	hs   [4]sarama.RecordHeader
+	hp   [4]*sarama.RecordHeader
 }
 
-// newItem builds the producer message for ev.
-func newItem(ev *decode.Event, now time.Time) *item {
-	it := &item{ev: ev, sent: now}
-	it.msg = sarama.ProducerMessage{
-		Topic:     ev.Topic,
-		Timestamp: ev.Timestamp,
-		Metadata:  it,
+func newRecord(ev *decode.Event, now time.Time) *record {
+	r := &record{ev: ev, at: now, size: recordSize(ev.Key, ev.Value, ev.Headers)}
+	r.ts = ev.Timestamp
+	if r.ts.IsZero() {
+		r.ts = now
 	}
-	if ev.Key != nil {
-		it.key = ev.Key
-		it.msg.Key = &it.key
-	}
-	if ev.Value != nil {
-		it.value = ev.Value
-		it.msg.Value = &it.value
-	}
+	r.ts = r.ts.Truncate(time.Millisecond)
+	r.r.Key, r.r.Value = ev.Key, ev.Value
 	if n := len(ev.Headers); n > 0 {
-		hs := it.headers[:0]
-		if n > len(it.headers) {
-			hs = make([]sarama.RecordHeader, 0, n)
+		hs, hp := r.hs[:0], r.hp[:0]
+		if n > len(r.hs) {
+			hs, hp = make([]sarama.RecordHeader, 0, n), make([]*sarama.RecordHeader, 0, n)
 		}
 		for _, h := range ev.Headers {
 			hs = append(hs, sarama.RecordHeader{Key: headerKey(h.Key), Value: h.Value})
 		}
-		it.msg.Headers = hs
-	}
-	return it
-}
-
-// SaramaConfig builds the producer configuration from the relay's Kafka config.
-func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
-	// sarama's built-in go-metrics histograms cost several percent of CPU per
-	// record; the relay exports its own Prometheus metrics instead.
-	gometrics.UseNilMetrics = true
-	sc := sarama.NewConfig()
-	// config.Load has validated k; these calls only convert it, and report
-	// the same problems for a Kafka config that did not come through Load.
-	v, err := k.SaramaVersion()
-	if err != nil {
-		return nil, fault.Fatal(err)
-	}
-	sc.Version = v
-	sc.ClientID = k.ClientID
-	sc.Producer.RequiredAcks = sarama.WaitForAll
-	sc.Producer.Idempotent = true
-	sc.Net.MaxOpenRequests = 1
-	// sarama allocates retry state per partition proportional to Retry.Max, so
-	// "forever" is a bounded count here; when a record exhausts it the pipeline
-	// restarts from the slot, which keeps retrying for as long as we live.
-	sc.Producer.Retry.Max = 120
-	sc.Producer.Retry.BackoffFunc = func(retries, _ int) time.Duration {
-		d := 50 * time.Millisecond << min(retries, 5)
-		return min(d, time.Second)
-	}
-	sc.Producer.Return.Successes = true
-	sc.Producer.Return.Errors = true
-	sc.Producer.MaxMessageBytes = k.MaxMessageBytes
-	sc.Producer.Timeout = 10 * time.Second
-	sc.ChannelBufferSize = 4096
-	// A record waits up to the linger for the records behind it, so that a
-	// produce request carries several: the broker handles fewer requests
-	// (half the broker CPU at a thousand events a second), and a machine
-	// short of cores does not queue up requests of one record each behind
-	// the one in flight. A batch that is already large goes at once rather
-	// than waiting out the timer, which keeps a backlog drain at full speed.
-	if k.Linger > 0 {
-		sc.Producer.Flush.Frequency = k.Linger
-		sc.Producer.Flush.Bytes = flushBytes
-	}
-	sc.Metadata.Full = false
-	sc.Metadata.Retry.Max = 10
-	sc.Metadata.Retry.Backoff = 500 * time.Millisecond
-	switch k.Partitioner {
-	case config.PartitionerFNV1a:
-		sc.Producer.Partitioner = explicitOr(sarama.NewHashPartitioner)
-	case config.PartitionerRandom:
-		sc.Producer.Partitioner = explicitOr(sarama.NewRandomPartitioner)
-	default:
-		sc.Producer.Partitioner = explicitOr(newMurmur2Partitioner)
-	}
-	switch k.Compression {
-	case config.CompressionGzip:
-		sc.Producer.Compression = sarama.CompressionGZIP
-	case config.CompressionSnappy:
-		sc.Producer.Compression = sarama.CompressionSnappy
-	case config.CompressionLZ4:
-		sc.Producer.Compression = sarama.CompressionLZ4
-	case config.CompressionZstd:
-		sc.Producer.Compression = sarama.CompressionZSTD
-	}
-	if k.TLS.Enabled {
-		tc, err := k.TLS.ClientConfig()
-		if err != nil {
-			return nil, fault.Fatal(err)
+		for i := range hs {
+			hp = append(hp, &hs[i])
 		}
-		sc.Net.TLS.Enable = true
-		sc.Net.TLS.Config = tc
+		r.r.Headers = hp
 	}
-	if k.SASL.Mechanism != "" {
-		if err := configureSASL(sc, k.SASL); err != nil {
-			return nil, fault.Fatal(err)
-		}
-	}
-	if err := sc.Validate(); err != nil {
-		return nil, fault.Fatal(fmt.Errorf("kafka producer config: %w", err))
-	}
-	return sc, nil
+	return r
 }
 
-// flushBytes is the batch size that is sent without waiting out the linger.
-const flushBytes = 64 << 10
-
-// explicitOr honours an explicit partition (from partition_column), marked by
-// a non-negative msg.Partition, and otherwise defers to the given partitioner.
-func explicitOr(next sarama.PartitionerConstructor) sarama.PartitionerConstructor {
-	return func(topic string) sarama.Partitioner {
-		return explicitPartitioner{next: next(topic)}
-	}
+// request is a produce request in flight: the queues it carries a batch of.
+type request struct {
+	b     *brokerState
+	parts []*partQueue
 }
 
-type explicitPartitioner struct{ next sarama.Partitioner }
-
-func (p explicitPartitioner) Partition(msg *sarama.ProducerMessage, n int32) (int32, error) {
-	if it, ok := msg.Metadata.(*item); ok && it.ev.Partition >= 0 {
-		if it.ev.Partition >= n {
-			return 0, fmt.Errorf("event %s of %s: partition_column value %d but topic %s has %d partitions: %w",
-				it.ev.ID, it.ev.Table, it.ev.Partition, msg.Topic, n, errPartitionRange)
-		}
-		return it.ev.Partition, nil
-	}
-	if _, ok := msg.Metadata.(progressMsg); ok {
-		return 0, nil // the progress store reads partition 0 only
-	}
-	return p.next.Partition(msg, n)
+type result struct {
+	req  *request
+	resp *sarama.ProduceResponse
+	err  error
 }
 
-func (p explicitPartitioner) RequiresConsistency() bool { return true }
+// maxRequestBytes bounds a produce request across its partitions' batches;
+// what does not fit goes in the next one.
+const maxRequestBytes = 8 << 20
 
-// dial tests the credentials once (see Handshake) and connects a client of
-// the caller's own: each producer closes its client to stop it for good.
-func dial(k config.Kafka, sc *sarama.Config, purpose string) (sarama.Client, error) {
-	if err := Handshake(k, sc); err != nil {
-		return nil, err
-	}
-	client, err := sarama.NewClient(k.Brokers, sc)
-	if err != nil {
-		return nil, classify(fmt.Errorf("connecting to kafka brokers %v%s: %w", k.Brokers, purpose, err))
-	}
-	return client, nil
-}
-
-// closeWithin closes ap and waits, at most d, for the goroutines in wg that
-// drain its Successes and Errors. sarama retries what it holds for as long
-// as it was asked to, so with the brokers away closing could take forever.
-func closeWithin(ap sarama.AsyncProducer, wg *sync.WaitGroup, d time.Duration) bool {
-	ap.AsyncClose()
-	closed := make(chan struct{})
-	go func() { wg.Wait(); close(closed) }()
-	select {
-	case <-closed:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
+// burst is how many events Run takes from its input, when they are already
+// waiting, before it sends: a backlog leaves in full requests.
+const burst = 512
 
 // NewProducer connects to the brokers. Failing to reach them is retryable.
 func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*Producer, error) {
@@ -232,213 +172,515 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	// Flag weak settings, and test the credentials once before sarama's
-	// producer-id retries can turn a wrong password into dozens of failed
-	// logins (see Handshake).
+	// Flag weak settings, and test the credentials once before any retry
+	// can turn a wrong password into dozens of failed logins (see
+	// Handshake).
 	warnInsecure(k, log)
 	warnDeprecated(k, log)
 	client, err := dial(k, sc, "")
 	if err != nil {
 		return nil, err
 	}
-	ap, err := sarama.NewAsyncProducerFromClient(client)
-	if err != nil {
-		client.Close()
-		return nil, classify(fmt.Errorf("connecting to kafka brokers %v: %w", k.Brokers, err))
-	}
-	return &Producer{ap: ap, client: client, ack: ack, obs: obs, log: log, unpub: newUnpublishable(k, obs, log, client.Partitions), fl: newFlight()}, nil
+	return newProducer(saramaCluster{client}, sc, k, ack, obs, log), nil
 }
 
-// headerKeys caches header names as bytes, so a record's headers cost no
-// conversion per event. Names come from the config and from logical-message
-// envelopes (chosen by services), hence the cap.
-var (
-	headerKeys     sync.Map // string -> []byte
-	headerKeyCount atomic.Int32
-)
-
-const maxHeaderKeys = 1024
-
-var idKey, typeKey = []byte("id"), []byte("type")
-
-func headerKey(k string) []byte {
-	switch k { // every event carries these two
-	case "id":
-		return idKey
-	case "type":
-		return typeKey
+func newProducer(c cluster, sc *sarama.Config, k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) *Producer {
+	return &Producer{
+		c: c, ack: ack, obs: obs, log: log,
+		unpub:       newUnpublishable(k, obs, log, c.Partitions),
+		fl:          newFlight(),
+		partitioner: sc.Producer.Partitioner,
+		codec:       sc.Producer.Compression,
+		level:       sc.Producer.CompressionLevel,
+		version:     produceVersion(sc.Version),
+		timeout:     int32(sc.Producer.Timeout / time.Millisecond), //nolint:gosec // G115: a validated timeout of seconds
+		linger:      k.Linger,
+		maxBatch:    k.MaxMessageBytes,
+		maxRetries:  sc.Producer.Retry.Max,
+		backoff:     func(n int) time.Duration { return sc.Producer.Retry.BackoffFunc(n, sc.Producer.Retry.Max) },
+		topics:      map[string]*topicQueues{},
+		brokers:     map[brokerConn]*brokerState{},
+		results:     make(chan result, 16),
+		quit:        make(chan struct{}),
 	}
-	if b, ok := headerKeys.Load(k); ok {
-		return b.([]byte)
+}
+
+// produceVersion is the newest produce request version the configured Kafka
+// version speaks, as sarama's own producer picks it; each broker connection
+// lowers it further to what that broker advertises.
+func produceVersion(v sarama.KafkaVersion) int16 {
+	switch {
+	case v.IsAtLeast(sarama.V3_7_0_0):
+		return 10
+	case v.IsAtLeast(sarama.V2_8_0_0):
+		return 9
+	case v.IsAtLeast(sarama.V2_4_0_0):
+		return 8
+	case v.IsAtLeast(sarama.V2_1_0_0):
+		return 7
+	case v.IsAtLeast(sarama.V2_0_0_0):
+		return 6
+	case v.IsAtLeast(sarama.V1_0_0_0):
+		return 5
 	}
-	b := []byte(k)
-	if headerKeyCount.Load() < maxHeaderKeys {
-		if _, loaded := headerKeys.LoadOrStore(k, b); !loaded {
-			headerKeyCount.Add(1)
-		}
-	}
-	return b
+	return 3 // 0.11, the oldest kafka.version accepts: record batches with headers
 }
 
 // Run publishes events from in until in is closed and every event sent is
 // acknowledged, or until ctx ends (abandoning what is in flight: the slot was
 // not confirmed past it, so it is sent again after a restart). Each acked
 // event's sequence number goes to the Acker. A failed event ends Run with an
-// error: retrying it here could reorder it behind later events of its key.
-// Run is called once per Producer; the pipeline builds a new one for every
-// attempt.
+// error. Run is called once per Producer; the pipeline builds a new one for
+// every attempt.
 func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
-	var (
-		wg      sync.WaitGroup
-		fl      = p.fl
-		failure = make(chan error, 1)
-	)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		for msg := range p.ap.Successes() {
-			it := msg.Metadata.(*item)
-			p.ack.Ack(it.ev.Seq)
-			if p.obs != nil {
-				p.obs.Published(it.ev, time.Since(it.sent))
-			}
-			fl.settle(it)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		for perr := range p.ap.Errors() {
-			// sarama gives up on a record but goes on sending the later
-			// records of its partition (it bumps the idempotent epoch), which
-			// would put them in Kafka ahead of the failed one when the
-			// pipeline re-sends it: stop this producer before anything more
-			// leaves.
-			p.halt()
-			it := perr.Msg.Metadata.(*item)
-			err := p.unpub.refused(it.ev, perr.Err)
-			if err == nil {
-				err = classify(fmt.Errorf("publishing event %s of %s to topic %s: %w", it.ev.ID, it.ev.Table, it.ev.Topic, perr.Err))
-			}
-			if p.obs != nil {
-				p.obs.PublishError(reason(perr.Err))
-			}
-			select {
-			case failure <- err:
-			default:
-			}
-			fl.settle(it)
-		}
-	}()
-	defer func() {
-		// Whatever is left after the wait is unconfirmed and will be sent
-		// again after the restart.
-		if !closeWithin(p.ap, &wg, 5*time.Second) {
-			p.log.Warn().Msg("kafka producer did not close within 5s; abandoning its unacknowledged events (they will be sent again)")
-		}
-		// An abandoned producer must not deliver its retries behind the
-		// next attempt's records (out of order, skipping the failed ones).
-		p.halt()
-	}()
-
-	input := p.ap.Input()
-	var runErr error
-loop:
+	if p.ran {
+		return errors.New("sink: Producer.Run called twice")
+	}
+	p.ran = true
+	defer p.shutdown()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var timerAt time.Time
 	for {
-		select {
-		case ev, ok := <-in:
-			if !ok {
-				fl.close()
-				break loop
-			}
-			// An event that can never be published as it is stops the relay
-			// or is replaced by its dead letter record, here, in its place
+		if in == nil && p.fl.n == 0 && p.parked == nil {
+			return nil
+		}
+		input := in
+		if p.parked != nil {
+			// Nothing overtakes the parked dead letter: it holds its place
 			// in the stream.
-			out, err := p.unpub.check(ev)
-			if err != nil {
-				runErr = err
-				break loop
+			input = nil
+		}
+		select {
+		case ev, ok := <-input:
+			if !ok {
+				in = nil
+				break
 			}
-			deadLetter := out != ev
-			if deadLetter && out.Key != nil {
-				// The dead letter waits for its key's earlier records: one of
-				// them failing later would be dead-lettered after the
-				// restart, behind this one.
-				for fl.keyBusy(out.Key) {
-					select {
-					case <-fl.settled:
-					case runErr = <-failure:
-						break loop
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-				}
+			if err := p.take(ev); err != nil {
+				return err
 			}
-			it := newItem(out, time.Now())
-			fl.add(it, deadLetter)
-			select {
-			case input <- &it.msg:
-			case runErr = <-failure:
-				break loop
-			case <-ctx.Done():
-				return ctx.Err()
+			var err error
+			if in, err = p.takeWaiting(in); err != nil {
+				return err
 			}
-		case runErr = <-failure:
-			break loop
+		case res := <-p.results:
+			if err := p.settle(res); err != nil {
+				return err
+			}
+		case <-timer.C:
+			timerAt = time.Time{}
+			if err := p.retryDue(time.Now()); err != nil {
+				return err
+			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		if p.parked != nil && !p.fl.keyBusy(p.parked.Key) {
+			ev := p.parked
+			p.parked = nil
+			if err := p.enqueue(ev, true); err != nil {
+				return err
+			}
+		}
+		wake, err := p.flush(time.Now())
+		if err != nil {
+			return err
+		}
+		if !wake.Equal(timerAt) {
+			timer.Stop()
+			timerAt = wake
+			if !wake.IsZero() {
+				timer.Reset(time.Until(wake))
+			}
+		}
 	}
-	if runErr != nil {
-		return runErr
+}
+
+// takeWaiting takes up to a burst of the events already waiting in in, so
+// that a backlog leaves in full requests. It returns nil once in is closed.
+func (p *Producer) takeWaiting(in <-chan *decode.Event) (<-chan *decode.Event, error) {
+	for i := 1; i < burst && p.parked == nil; i++ {
+		select {
+		case ev, ok := <-in:
+			if !ok {
+				return nil, nil
+			}
+			if err := p.take(ev); err != nil {
+				return in, err
+			}
+		default:
+			return in, nil
+		}
 	}
-	select {
-	case <-fl.done:
-		return nil
-	case err := <-failure:
+	return in, nil
+}
+
+// take queues ev, or what kafka.on_unpublishable puts in its place.
+func (p *Producer) take(ev *decode.Event) error {
+	out, err := p.unpub.check(ev)
+	if err != nil {
 		return err
-	case <-ctx.Done():
-		return ctx.Err()
+	}
+	deadLetter := out != ev
+	if deadLetter && out.Key != nil && p.fl.keyBusy(out.Key) {
+		// The dead letter waits for its key's earlier records: one of them
+		// failing later would be dead-lettered after the restart, behind
+		// this one.
+		p.parked = out
+		return nil
+	}
+	return p.enqueue(out, deadLetter)
+}
+
+func (p *Producer) enqueue(ev *decode.Event, deadLetter bool) error {
+	parts, err := p.c.Partitions(ev.Topic)
+	if err == nil && len(parts) == 0 {
+		err = sarama.ErrUnknownTopicOrPartition
+	}
+	if err != nil {
+		return p.fail(ev, err)
+	}
+	tq := p.topics[ev.Topic]
+	if tq == nil {
+		tq = &topicQueues{partitioner: p.partitioner(ev.Topic), parts: map[int32]*partQueue{}}
+		p.topics[ev.Topic] = tq
+	}
+	n := int32(len(parts)) //nolint:gosec // G115: partition counts fit
+	var choice int32
+	if ev.Partition >= 0 {
+		if ev.Partition >= n {
+			return p.fail(ev, fmt.Errorf("event %s of %s: partition_column value %d but topic %s has %d partitions: %w",
+				ev.ID, ev.Table, ev.Partition, ev.Topic, n, errPartitionRange))
+		}
+		choice = ev.Partition
+	} else {
+		msg := sarama.ProducerMessage{Topic: ev.Topic}
+		if ev.Key != nil {
+			msg.Key = sarama.ByteEncoder(ev.Key)
+		}
+		if choice, err = tq.partitioner.Partition(&msg, n); err != nil {
+			return p.fail(ev, err)
+		}
+	}
+	id := parts[choice]
+	q := tq.parts[id]
+	if q == nil {
+		q = &partQueue{topic: ev.Topic, id: id}
+		tq.parts[id] = q
+		p.resolve(q, time.Now())
+	}
+	now := time.Now()
+	r := newRecord(ev, now)
+	r.slot = p.fl.add(ev, deadLetter)
+	q.pending = append(q.pending, r)
+	if q.leader != nil {
+		p.list(q, r.size, now)
+	}
+	return nil
+}
+
+// resolve finds q's leader, or schedules another look after a backoff.
+func (p *Producer) resolve(q *partQueue, now time.Time) {
+	conn, err := p.c.leader(q.topic, q.id)
+	if err != nil {
+		p.retry(q, err, now)
+		return
+	}
+	b := p.brokers[conn]
+	if b == nil {
+		b = &brokerState{conn: conn}
+		p.brokers[conn] = b
+	}
+	q.leader = b
+	q.retryAt = time.Time{}
+	for _, r := range q.pending[q.sent:] {
+		p.list(q, r.size, now)
 	}
 }
 
-// halt closes the producer's client: no new connection or metadata request
-// succeeds after it, so the producer can send nothing more and fails what it
-// still holds.
-func (p *Producer) halt() {
-	p.halted.Do(func() { _ = p.client.Close() })
-}
-
-// errPartitionRange marks an explicit partition the topic does not have
-// (according to the producer's metadata); see unpublishable.refused.
-var errPartitionRange = errors.New("partition out of range")
-
-// classify marks errors that retrying cannot fix as fatal. A refusal of a
-// cluster-wide permission stops the relay whatever kafka.on_unpublishable
-// says: it concerns every topic, the dead letter topic included, so there is
-// no event to set aside.
-func classify(err error) error {
-	switch {
-	case errors.Is(err, sarama.ErrMessageSizeTooLarge), errors.Is(err, sarama.ErrMessageTooLarge):
-		return fault.Fatal(fmt.Errorf("%w (raise kafka.max_message_bytes and the topic's max.message.bytes, or shrink the event)", err))
-	case errors.Is(err, sarama.ErrClusterAuthorizationFailed):
-		return fault.Fatal(fmt.Errorf("%w: the relay's principal lacks a cluster permission; its idempotent producer needs IdempotentWrite on the cluster on Kafka before 3.0 (Write on the topics from 3.0)", err))
-	case errors.Is(err, sarama.ErrSASLAuthenticationFailed), errors.Is(err, sarama.ErrTopicAuthorizationFailed),
-		errors.Is(err, sarama.ErrInvalidTopic):
-		return fault.Fatal(err)
+// list puts q on its leader's ready list and counts size toward the linger.
+func (p *Producer) list(q *partQueue, size int, now time.Time) {
+	b := q.leader
+	if b.bytes == 0 {
+		b.since = now
 	}
-	return err
+	b.bytes += size
+	if !q.listed {
+		q.listed = true
+		b.ready = append(b.ready, q)
+	}
 }
 
-func reason(err error) string {
+// retry schedules q's records to be sent again after fresh metadata.
+func (p *Producer) retry(q *partQueue, err error, now time.Time) {
+	q.retries++
+	q.lastErr = err
+	q.leader = nil
+	q.retryAt = now.Add(p.backoff(q.retries))
+	p.retrying = append(p.retrying, q)
+	p.log.Debug().Err(err).Str("topic", q.topic).Int32("partition", q.id).Int("retries", q.retries).
+		Msg("kafka refused a batch for now; sending it again")
+}
+
+// retryDue looks up the leaders of the queues whose backoff is over, with
+// fresh metadata for their topics.
+func (p *Producer) retryDue(now time.Time) error {
+	keep := p.retrying[:0]
+	var due []*partQueue
+	for _, q := range p.retrying {
+		if q.retryAt.After(now) {
+			keep = append(keep, q)
+		} else {
+			due = append(due, q)
+		}
+	}
+	p.retrying = keep
+	refreshed := map[string]bool{}
+	for _, q := range due {
+		if q.retries > p.maxRetries {
+			return p.fail(q.pending[0].ev, q.lastErr)
+		}
+		if !refreshed[q.topic] {
+			refreshed[q.topic] = true
+			_ = p.c.RefreshMetadata(q.topic) // a failure shows as no leader below
+		}
+		p.resolve(q, now)
+	}
+	return nil
+}
+
+// flush sends a request to every idle broker that has records waiting (and
+// whose linger is over), and returns when Run must next look: the end of a
+// linger or of a backoff.
+func (p *Producer) flush(now time.Time) (time.Time, error) {
+	var wake time.Time
+	soonest := func(t time.Time) {
+		if wake.IsZero() || t.Before(wake) {
+			wake = t
+		}
+	}
+	for _, b := range p.brokers {
+		if b.busy || len(b.ready) == 0 {
+			continue
+		}
+		if p.linger > 0 && b.bytes < flushBytes {
+			if due := b.since.Add(p.linger); now.Before(due) {
+				soonest(due)
+				continue
+			}
+		}
+		if req, pr := p.build(b); req != nil {
+			b.busy = true
+			err := b.conn.AsyncProduce(req, func(resp *sarama.ProduceResponse, err error) {
+				// On the broker's response goroutine, which must not wait
+				// for Run once Run has returned.
+				select {
+				case p.results <- result{req: pr, resp: resp, err: err}:
+				case <-p.quit:
+				}
+			})
+			if err != nil {
+				// Not sent, so nothing of it can be in Kafka.
+				if err := p.settle(result{req: pr, err: err}); err != nil {
+					return time.Time{}, err
+				}
+			}
+		}
+	}
+	for _, q := range p.retrying {
+		soonest(q.retryAt)
+	}
+	return wake, nil
+}
+
+// build takes, for each queue ready on b, a batch of its records not yet
+// sent, up to maxBatch bytes each and maxRequestBytes in all.
+func (p *Producer) build(b *brokerState) (*sarama.ProduceRequest, *request) {
+	var req *sarama.ProduceRequest
+	pr := &request{b: b}
+	total, left := 0, 0
+	keep := b.ready[:0]
+	for _, q := range b.ready {
+		if q.leader != b || q.sent > 0 || len(q.pending) == 0 {
+			// Moved to another leader, in flight, or emptied: listed
+			// again when it has records for this broker.
+			if q.leader != b || len(q.pending) == 0 {
+				q.listed = false
+				continue
+			}
+			keep = append(keep, q)
+			continue
+		}
+		if total >= maxRequestBytes {
+			keep = append(keep, q)
+			for _, r := range q.pending {
+				left += r.size
+			}
+			continue
+		}
+		batch, n, size := p.batch(q.pending)
+		total += size
+		q.sent = n
+		if req == nil {
+			req = &sarama.ProduceRequest{RequiredAcks: sarama.WaitForAll, Timeout: p.timeout, Version: p.version}
+		}
+		req.AddBatch(q.topic, q.id, batch)
+		pr.parts = append(pr.parts, q)
+		if n < len(q.pending) {
+			keep = append(keep, q)
+			for _, r := range q.pending[n:] {
+				left += r.size
+			}
+		} else {
+			q.listed = false
+		}
+	}
+	clear(b.ready[len(keep):])
+	b.ready = keep
+	b.bytes = left
+	if left > 0 {
+		b.since = time.Time{} // what is left goes with the next request, lingered already
+	}
+	return req, pr
+}
+
+// batch builds a record batch of the first records of rs, up to maxBatch
+// bytes (at least one record).
+func (p *Producer) batch(rs []*record) (*sarama.RecordBatch, int, int) {
+	n, size := 0, 0
+	for n < len(rs) && (n == 0 || size+rs[n].size <= p.maxBatch) {
+		size += rs[n].size
+		n++
+	}
+	first := rs[0].ts
+	b := &sarama.RecordBatch{
+		Version: 2, Codec: p.codec, CompressionLevel: p.level,
+		FirstTimestamp: first, MaxTimestamp: first,
+		ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1,
+		LastOffsetDelta: int32(n - 1), //nolint:gosec // G115: bounded by the batch's bytes
+		Records:         make([]*sarama.Record, n),
+	}
+	for i, r := range rs[:n] {
+		r.r.OffsetDelta = int64(i)
+		r.r.TimestampDelta = r.ts.Sub(first)
+		if r.ts.After(b.MaxTimestamp) {
+			b.MaxTimestamp = r.ts
+		}
+		b.Records[i] = &r.r
+	}
+	return b, n, size
+}
+
+// settle applies a request's outcome: acknowledged batches are acked,
+// batches refused for now are sent again, and anything else ends Run.
+func (p *Producer) settle(res result) error {
+	b := res.req.b
+	b.busy = false
+	if res.err != nil {
+		// The connection is broken or unusable: closing it makes the next
+		// leader lookup open it afresh.
+		_ = b.conn.Close()
+	}
+	now := time.Now()
+	for _, q := range res.req.parts {
+		n := q.sent
+		q.sent = 0
+		err := res.err
+		if err == nil {
+			if blk := res.resp.GetBlock(q.topic, q.id); blk == nil {
+				err = sarama.ErrIncompleteResponse
+			} else if blk.Err != sarama.ErrNoError {
+				err = blk.Err
+			}
+		}
+		if err == nil {
+			for _, r := range q.pending[:n] {
+				p.ack.Ack(r.ev.Seq)
+				if p.obs != nil {
+					p.obs.Published(r.ev, now.Sub(r.at))
+				}
+				p.fl.settle(r.slot)
+			}
+			clear(q.pending[:n])
+			q.pending = q.pending[n:]
+			q.retries = 0
+			if len(q.pending) > 0 && q.leader == b && !q.listed {
+				q.listed = true
+				b.ready = append(b.ready, q)
+			}
+			continue
+		}
+		if retriable(err) && q.retries < p.maxRetries {
+			if q.leader != nil {
+				p.retry(q, err, now)
+			}
+			continue
+		}
+		return p.fail(q.pending[0].ev, err)
+	}
+	return nil
+}
+
+// fail is the error that ends Run for ev.
+func (p *Producer) fail(ev *decode.Event, err error) error {
+	if p.obs != nil {
+		p.obs.PublishError(reason(err))
+	}
+	if uerr := p.unpub.refused(ev, err); uerr != nil {
+		return uerr
+	}
+	return classify(fmt.Errorf("publishing event %s of %s to topic %s: %w", ev.ID, ev.Table, ev.Topic, err))
+}
+
+// retriable reports whether a batch refused with err may succeed when sent
+// again: the partition is moving or short of replicas, or the connection
+// failed. Anything else (a refused topic, an oversized batch, a protocol
+// error) is reported.
+func retriable(err error) bool {
 	var kerr sarama.KError
 	if errors.As(err, &kerr) {
-		return kerr.Error()
+		switch kerr {
+		case sarama.ErrUnknownTopicOrPartition, sarama.ErrLeaderNotAvailable, sarama.ErrNotLeaderForPartition,
+			sarama.ErrRequestTimedOut, sarama.ErrNotEnoughReplicas, sarama.ErrNotEnoughReplicasAfterAppend,
+			sarama.ErrKafkaStorageError, sarama.ErrNetworkException, sarama.ErrBrokerNotAvailable,
+			sarama.ErrReplicaNotAvailable, sarama.ErrFencedLeaderEpoch, sarama.ErrUnknownLeaderEpoch,
+			sarama.ErrInvalidMessage:
+			return true
+		}
+		return false
 	}
-	switch {
-	case errors.Is(err, sarama.ErrOutOfBrokers):
-		return "out_of_brokers"
-	case errors.Is(err, sarama.ErrMessageTooLarge):
-		return "message_too_large"
+	// Transport errors: the request may or may not have been written.
+	return !errors.Is(err, sarama.ErrClosedClient)
+}
+
+// shutdown waits, a bounded time, for the requests in flight, so that the
+// next attempt's records do not overtake them on a new connection, then
+// closes the client.
+func (p *Producer) shutdown() {
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	for p.inFlight() > 0 {
+		select {
+		case res := <-p.results:
+			res.req.b.busy = false
+		case <-deadline.C:
+			p.log.Warn().Msg("kafka did not answer the requests in flight within 5s; abandoning their unacknowledged events (they will be sent again)")
+			close(p.quit)
+			_ = p.c.Close()
+			return
+		}
 	}
-	return "other"
+	close(p.quit)
+	_ = p.c.Close()
+}
+
+func (p *Producer) inFlight() int {
+	n := 0
+	for _, b := range p.brokers {
+		if b.busy {
+			n++
+		}
+	}
+	return n
 }

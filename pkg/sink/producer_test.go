@@ -2,7 +2,11 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,7 +16,9 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/decode"
+	"github.com/relay-dev/relay/pkg/fault"
 )
 
 func benchEvent() *decode.Event {
@@ -62,37 +68,67 @@ func BenchmarkBuildRecord(b *testing.B) {
 	}
 }
 
-// fakeProducer is an AsyncProducer whose acknowledgements the test gives.
-type fakeProducer struct {
-	sarama.AsyncProducer
-	input     chan *sarama.ProducerMessage
-	successes chan *sarama.ProducerMessage
-	errors    chan *sarama.ProducerError
+// fakeCluster has one broker leading every partition of every topic.
+type fakeCluster struct {
+	parts int32
+	b     *fakeBroker
 }
 
-func newFakeProducer() *fakeProducer {
-	return &fakeProducer{input: make(chan *sarama.ProducerMessage), successes: make(chan *sarama.ProducerMessage),
-		errors: make(chan *sarama.ProducerError)}
-}
-
-func (f *fakeProducer) Input() chan<- *sarama.ProducerMessage     { return f.input }
-func (f *fakeProducer) Successes() <-chan *sarama.ProducerMessage { return f.successes }
-func (f *fakeProducer) Errors() <-chan *sarama.ProducerError      { return f.errors }
-func (f *fakeProducer) AsyncClose()                               { close(f.successes); close(f.errors) }
-func (f *fakeProducer) ack(msg *sarama.ProducerMessage)           { f.successes <- msg }
-func (f *fakeProducer) next(t *testing.T) *sarama.ProducerMessage { t.Helper(); return <-f.input }
-func (f *fakeProducer) idle() bool {
-	select {
-	case <-f.input:
-		return false
-	default:
-		return true
+func (c *fakeCluster) Partitions(string) ([]int32, error) {
+	ids := make([]int32, c.parts)
+	for i := range ids {
+		ids[i] = int32(i) //nolint:gosec // G115: a handful
 	}
+	return ids, nil
+}
+func (c *fakeCluster) RefreshMetadata(...string) error { return nil }
+func (c *fakeCluster) leader(string, int32) (brokerConn, error) {
+	return c.b, nil
+}
+func (c *fakeCluster) Close() error { return nil }
+
+// fakeBroker hands every request to the test, which answers it.
+type fakeBroker struct {
+	p    *Producer
+	reqs chan *sentRequest
 }
 
-type fakeClient struct{ sarama.Client }
+type tp struct {
+	topic string
+	part  int32
+}
 
-func (fakeClient) Close() error { return nil }
+// sentRequest is what a request carried, by partition, in order.
+type sentRequest struct {
+	seqs map[tp][]uint64
+	cb   sarama.ProduceCallback
+}
+
+// AsyncProduce runs on Run's goroutine, so it may read the producer's
+// queues: the records of a partition that are in flight are its batch.
+func (b *fakeBroker) AsyncProduce(_ *sarama.ProduceRequest, cb sarama.ProduceCallback) error {
+	s := &sentRequest{seqs: map[tp][]uint64{}, cb: cb}
+	for topic, tq := range b.p.topics {
+		for id, q := range tq.parts {
+			for _, r := range q.pending[:q.sent] {
+				s.seqs[tp{topic, id}] = append(s.seqs[tp{topic, id}], r.ev.Seq)
+			}
+		}
+	}
+	b.reqs <- s
+	return nil
+}
+
+func (b *fakeBroker) Close() error { return nil }
+
+// answer gives every partition of the request the same error code.
+func (s *sentRequest) answer(kerr sarama.KError) {
+	resp := &sarama.ProduceResponse{}
+	for k := range s.seqs {
+		resp.AddTopicPartition(k.topic, k.part, kerr)
+	}
+	s.cb(resp, nil)
+}
 
 type acks struct {
 	mu   sync.Mutex
@@ -101,63 +137,218 @@ type acks struct {
 
 func (a *acks) Ack(seq uint64) { a.mu.Lock(); a.seqs = append(a.seqs, seq); a.mu.Unlock() }
 
-// TestDeadLetterWaitsForItsKey: a dead letter is not sent while an earlier
-// event of its key is unacknowledged (were that one to fail, its own dead
-// letter would come after this one); other keys are not held up by it.
-func TestDeadLetterWaitsForItsKey(t *testing.T) {
-	k := dlKafka()
-	k.MaxMessageBytes = 1000
-	ap := newFakeProducer()
+func (a *acks) got() []uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.seqs)
+}
+
+// testProducer runs a producer against a fake broker; partitions is every
+// topic's partition count.
+func testProducer(t *testing.T, k config.Kafka, partitions int32) (*Producer, *fakeBroker, *acks, chan<- *decode.Event, <-chan error) {
+	t.Helper()
+	t.Cleanup(refusals.forget)
+	k.Linger = 0
+	sc, err := SaramaConfig(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Producer.Retry.BackoffFunc = func(int, int) time.Duration { return time.Millisecond }
+	b := &fakeBroker{reqs: make(chan *sentRequest, 16)}
 	a := &acks{}
-	p := &Producer{ap: ap, client: fakeClient{}, ack: a, log: zerolog.Nop(), unpub: newUnpublishable(k, nil, zerolog.Nop(), nil), fl: newFlight()}
-	in := make(chan *decode.Event)
+	p := newProducer(&fakeCluster{parts: partitions, b: b}, sc, k, a, nil, zerolog.Nop())
+	b.p = p
+	in := make(chan *decode.Event, 16)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(context.Background(), in) }()
+	return p, b, a, in, done
+}
 
-	first := bigEvent(10) // key order-7
-	first.Seq = 1
-	big := bigEvent(5000) // the same key, oversized
-	big.Seq = 2
-	in <- first
-	m1 := ap.next(t)
-	in <- big
-	waitUntil(t, "the dead letter to wait", p.fl.isWaiting)
-	if !ap.idle() {
-		t.Fatal("the dead letter was sent while an earlier event of its key was in flight")
-	}
-	ap.ack(m1)
-	dl := ap.next(t)
-	if dl.Topic != "relay.dead-letter" {
-		t.Fatalf("after the ack: %s", dl.Topic)
-	}
-	ap.ack(dl)
+func keyed(seq uint64, key string) *decode.Event {
+	ev := bigEvent(10)
+	ev.Key, ev.Seq, ev.Partition = []byte(key), seq, 0
+	return ev
+}
 
-	// A dead letter whose key has nothing in flight goes at once, even with
-	// another key's record in flight.
-	other := bigEvent(10)
-	other.Key, other.Seq = []byte("order-8"), 3
-	for i := 9; p.fl.slot(other.Key) == p.fl.slot(first.Key); i++ { // a bucket of its own
-		other.Key = []byte(fmt.Sprintf("order-%d", i))
+func next(t *testing.T, b *fakeBroker) *sentRequest {
+	t.Helper()
+	select {
+	case s := <-b.reqs:
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("no produce request")
+		return nil
 	}
-	in <- other
-	m3 := ap.next(t)
-	big2 := bigEvent(5000)
-	big2.Seq = 4
-	in <- big2
-	if dl2 := ap.next(t); dl2.Topic != "relay.dead-letter" {
-		t.Fatalf("second dead letter: %s", dl2.Topic)
-	} else {
-		ap.ack(dl2)
+}
+
+func noRequest(t *testing.T, b *fakeBroker) {
+	t.Helper()
+	select {
+	case s := <-b.reqs:
+		t.Fatalf("unexpected request %v", s.seqs)
+	default:
 	}
-	ap.ack(m3)
+}
+
+var p0 = tp{"outbox.event.Order", 0}
+
+// TestProducerBatchesWhileInFlight: one request in flight per broker, and
+// what arrives meanwhile leaves together in the next one, in order.
+func TestProducerBatchesWhileInFlight(t *testing.T) {
+	_, b, a, in, done := testProducer(t, config.Default().Kafka, 1)
+	in <- keyed(1, "k")
+	r1 := next(t, b)
+	if !slices.Equal(r1.seqs[p0], []uint64{1}) {
+		t.Fatalf("first request %v", r1.seqs)
+	}
+	in <- keyed(2, "k")
+	in <- keyed(3, "other")
+	waitUntil(t, "events 2 and 3 to be taken", func() bool { return len(in) == 0 })
+	noRequest(t, b)
+	r1.answer(sarama.ErrNoError)
+	r2 := next(t, b)
+	if !slices.Equal(r2.seqs[p0], []uint64{2, 3}) {
+		t.Fatalf("second request %v, want 2 and 3 in one batch", r2.seqs)
+	}
+	r2.answer(sarama.ErrNoError)
 	close(in)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if len(a.seqs) != 4 {
-		t.Errorf("acked %v, want 4 sequence numbers", a.seqs)
+	if got := a.got(); !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Fatalf("acked %v", got)
+	}
+}
+
+// TestProducerRetryKeepsOrder: a batch refused for now is sent again before
+// anything later of its partition, and nothing later goes ahead of it.
+func TestProducerRetryKeepsOrder(t *testing.T) {
+	_, b, a, in, done := testProducer(t, config.Default().Kafka, 1)
+	in <- keyed(1, "k")
+	r1 := next(t, b)
+	in <- keyed(2, "k")
+	waitUntil(t, "event 2 to be taken", func() bool { return len(in) == 0 })
+	r1.answer(sarama.ErrNotLeaderForPartition)
+	r2 := next(t, b)
+	if !slices.Equal(r2.seqs[p0], []uint64{1, 2}) {
+		t.Fatalf("after NOT_LEADER: %v, want 1 again, then 2", r2.seqs)
+	}
+	// A broken connection is retried too.
+	r2.cb(nil, io.ErrUnexpectedEOF)
+	r3 := next(t, b)
+	if !slices.Equal(r3.seqs[p0], []uint64{1, 2}) {
+		t.Fatalf("after a broken connection: %v", r3.seqs)
+	}
+	r3.answer(sarama.ErrNoError)
+	close(in)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := a.got(); !slices.Equal(got, []uint64{1, 2}) {
+		t.Fatalf("acked %v", got)
+	}
+}
+
+// TestProducerStopsOnRefusal: a batch refused for good ends Run with an
+// error naming the event, and nothing more is sent.
+func TestProducerStopsOnRefusal(t *testing.T) {
+	_, b, a, in, done := testProducer(t, config.Default().Kafka, 1)
+	in <- keyed(1, "k")
+	r1 := next(t, b)
+	in <- keyed(2, "k")
+	waitUntil(t, "event 2 to be taken", func() bool { return len(in) == 0 })
+	r1.answer(sarama.ErrMessageSizeTooLarge)
+	err := <-done
+	if !fault.IsFatal(err) || !strings.Contains(err.Error(), "kafka.max_message_bytes") || !strings.Contains(err.Error(), bigEvent(0).ID) {
+		t.Fatalf("Run = %v, want a fatal error naming the event and the setting", err)
+	}
+	noRequest(t, b)
+	if got := a.got(); len(got) != 0 {
+		t.Fatalf("acked %v", got)
+	}
+}
+
+// TestProducerRetriesRunOut: a partition refused for now past
+// Producer.Retry.Max ends Run with a retryable error.
+func TestProducerRetriesRunOut(t *testing.T) {
+	p, b, _, in, done := testProducer(t, config.Default().Kafka, 1)
+	in <- keyed(1, "k")
+	for i := 0; i <= p.maxRetries; i++ {
+		next(t, b).answer(sarama.ErrNotEnoughReplicas)
+	}
+	err := <-done
+	if err == nil || fault.IsFatal(err) || !errors.Is(err, sarama.ErrNotEnoughReplicas) {
+		t.Fatalf("Run = %v, want a retryable NOT_ENOUGH_REPLICAS", err)
+	}
+}
+
+// TestDeadLetterWaitsForItsKey: a dead letter is not sent while an earlier
+// event of its key is unacknowledged (were that one to fail, its own dead
+// letter would come after this one), and nothing overtakes it meanwhile;
+// other keys' dead letters are not held up by it.
+func TestDeadLetterWaitsForItsKey(t *testing.T) {
+	k := dlKafka()
+	k.MaxMessageBytes = 1000
+	p, b, a, in, done := testProducer(t, k, 4)
+
+	first := bigEvent(10) // key order-7, partition 2
+	first.Seq = 1
+	big := bigEvent(5000) // the same key, oversized
+	big.Seq = 2
+	after := bigEvent(10)
+	after.Seq = 3
+	in <- first
+	r1 := next(t, b)
+	in <- big
+	in <- after
+	waitUntil(t, "the dead letter to wait", func() bool { return len(in) == 1 })
+	noRequest(t, b)
+	r1.answer(sarama.ErrNoError)
+	r2 := next(t, b)
+	dlParts := 0
+	for k, seqs := range r2.seqs {
+		if k.topic == "relay.dead-letter" {
+			dlParts++
+			if !slices.Equal(seqs, []uint64{2}) {
+				t.Fatalf("dead letter batch %v", seqs)
+			}
+		}
+	}
+	if dlParts != 1 {
+		t.Fatalf("after the ack: %v, want the dead letter", r2.seqs)
+	}
+	r2.answer(sarama.ErrNoError)
+	if r3 := next(t, b); !slices.Equal(r3.seqs[tp{"outbox.event.Order", 2}], []uint64{3}) {
+		t.Fatalf("the event behind the dead letter: %v", r3.seqs)
+	} else {
+		r3.answer(sarama.ErrNoError)
+	}
+
+	// A dead letter whose key has nothing in flight goes at once, even with
+	// another key's record in flight.
+	other := bigEvent(10)
+	other.Key, other.Seq = []byte("order-8"), 4
+	for i := 9; p.fl.slot(other.Key) == p.fl.slot(first.Key); i++ { // a bucket of its own
+		other.Key = []byte(fmt.Sprintf("order-%d", i))
+	}
+	in <- other
+	r4 := next(t, b)
+	big2 := bigEvent(5000)
+	big2.Seq = 5
+	in <- big2
+	waitUntil(t, "the second dead letter to be taken", func() bool { return len(in) == 0 })
+	r4.answer(sarama.ErrNoError)
+	if r5 := next(t, b); len(r5.seqs) != 1 {
+		t.Fatalf("second dead letter: %v", r5.seqs)
+	} else {
+		r5.answer(sarama.ErrNoError)
+	}
+	close(in)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := a.got(); len(got) != 5 {
+		t.Errorf("acked %v, want 5 sequence numbers", got)
 	}
 }
 

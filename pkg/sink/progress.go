@@ -20,8 +20,9 @@ import (
 type ProgressStore struct {
 	topic    string
 	client   sarama.Client
-	ap       sarama.AsyncProducer
-	writable bool // opened with create: Load may write a probe record
+	version  int16 // of the produce requests
+	timeout  int32 // produce timeout, ms
+	writable bool  // opened with create: Load may write a probe record
 }
 
 // progressTopicConfig makes the topic keep the newest record per key and
@@ -46,8 +47,6 @@ func OpenProgress(k config.Kafka, create bool) (*ProgressStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc.Producer.Partitioner = sarama.NewManualPartitioner
-	sc.Producer.Return.Successes = true
 	// Records of an aborted exactly-once transaction never happened.
 	sc.Consumer.IsolationLevel = sarama.ReadCommitted
 	sc.Consumer.Return.Errors = true
@@ -61,7 +60,8 @@ func OpenProgress(k config.Kafka, create bool) (*ProgressStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &ProgressStore{topic: k.ProgressTopic, client: client, writable: create}
+	s := &ProgressStore{topic: k.ProgressTopic, client: client, writable: create,
+		version: produceVersion(sc.Version), timeout: int32(sc.Producer.Timeout / time.Millisecond)} //nolint:gosec // G115: seconds
 	if !create {
 		if !s.exists() {
 			client.Close()
@@ -134,12 +134,6 @@ func (s *ProgressStore) ensureTopic() error {
 
 // Close releases the store's connections.
 func (s *ProgressStore) Close() {
-	if s.ap != nil {
-		// Nothing is in flight once Save has returned.
-		s.ap.AsyncClose()
-		for range s.ap.Successes() {
-		}
-	}
 	_ = s.client.Close()
 }
 
@@ -150,27 +144,60 @@ func (s *ProgressStore) Save(ctx context.Context, rec checkpoint.Record) error {
 }
 
 // send writes one record to partition 0 and returns its offset once acked.
+// It produces straight to the partition's leader, one request and its
+// response, rather than through an AsyncProducer's pipeline of goroutines: a
+// record is written every few hundred milliseconds for as long as the relay
+// runs. What can pass (a leader moving, a broken connection) is tried again
+// with fresh metadata; sending a record twice only repeats it.
 func (s *ProgressStore) send(ctx context.Context, key, value []byte) (int64, error) {
-	if s.ap == nil {
-		var err error
-		if s.ap, err = sarama.NewAsyncProducerFromClient(s.client); err != nil {
-			return 0, classify(fmt.Errorf("progress topic %s: %w", s.topic, err))
+	const attempts = 10
+	var err error
+	for i := 0; i < attempts; i++ {
+		if i > 0 {
+			select {
+			case <-time.After(min(50*time.Millisecond<<i, time.Second)):
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+			_ = s.client.RefreshMetadata(s.topic)
+		}
+		var off int64
+		if off, err = s.produce(key, value); err == nil {
+			return off, nil
+		}
+		if !retriable(err) {
+			break
 		}
 	}
-	msg := &sarama.ProducerMessage{Topic: s.topic, Partition: 0, Key: sarama.ByteEncoder(key), Value: sarama.ByteEncoder(value)}
-	select {
-	case s.ap.Input() <- msg:
-	case <-ctx.Done():
-		return 0, ctx.Err()
+	return 0, classify(fmt.Errorf("writing progress record to %s: %w", s.topic, err))
+}
+
+func (s *ProgressStore) produce(key, value []byte) (int64, error) {
+	leader, err := s.client.Leader(s.topic, 0)
+	if err != nil {
+		return 0, err
 	}
-	select {
-	case m := <-s.ap.Successes():
-		return m.Offset, nil
-	case perr := <-s.ap.Errors():
-		return 0, classify(fmt.Errorf("writing progress record to %s: %w", s.topic, perr.Err))
-	case <-ctx.Done():
-		return 0, ctx.Err()
+	now := time.Now().Truncate(time.Millisecond)
+	req := &sarama.ProduceRequest{RequiredAcks: sarama.WaitForAll, Timeout: s.timeout, Version: s.version}
+	req.AddBatch(s.topic, 0, &sarama.RecordBatch{
+		Version: 2, FirstTimestamp: now, MaxTimestamp: now,
+		ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1,
+		Records: []*sarama.Record{{Key: key, Value: value}},
+	})
+	resp, err := leader.Produce(req)
+	if err != nil {
+		// The connection is broken: the next Leader opens it afresh.
+		_ = leader.Close()
+		return 0, err
 	}
+	blk := resp.GetBlock(s.topic, 0)
+	if blk == nil {
+		return 0, sarama.ErrIncompleteResponse
+	}
+	if blk.Err != sarama.ErrNoError {
+		return 0, blk.Err
+	}
+	return blk.Offset, nil
 }
 
 // probeKey marks the records Load writes to find the end of the topic; it
