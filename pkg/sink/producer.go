@@ -28,8 +28,8 @@ import (
 // enough replicas, a broken connection) is sent again, after fresh metadata
 // and a backoff, before anything later of its partition; sending it again can
 // duplicate it (when the first attempt was written but its response lost),
-// never reorder it. A batch refused for good, or retried past
-// Producer.Retry.Max, ends Run with an error and nothing more is sent: the
+// never reorder it. A batch refused for good, or for longer than
+// deliveryTimeout, ends Run with an error and nothing more is sent: the
 // pipeline restarts from the confirmed position.
 type Producer struct {
 	c     cluster
@@ -46,7 +46,7 @@ type Producer struct {
 	timeout     int32 // produce timeout, ms
 	linger      time.Duration
 	maxBatch    int // bytes of one partition's batch: kafka.max_message_bytes
-	maxRetries  int
+	giveUp      time.Duration
 	backoff     func(retries int) time.Duration
 
 	topics   map[string]*topicQueues
@@ -98,6 +98,7 @@ type partQueue struct {
 	listed  bool // on leader.ready
 	retries int
 	retryAt time.Time
+	failing time.Time // when its oldest batch was first refused; zero once it is acked
 	lastErr error
 }
 
@@ -162,6 +163,12 @@ type result struct {
 // what does not fit goes in the next one.
 const maxRequestBytes = 8 << 20
 
+// deliveryTimeout is how long a partition may go on being refused before
+// Run gives up (the Java client's delivery.timeout.ms is two minutes): the
+// pipeline then restarts from the confirmed position, which reports the
+// outage, and tries again from there.
+const deliveryTimeout = time.Minute
+
 // burst is how many events Run takes from its input, when they are already
 // waiting, before it sends: a backlog leaves in full requests.
 const burst = 512
@@ -196,7 +203,7 @@ func newProducer(c cluster, sc *sarama.Config, k config.Kafka, ack Acker, obs Ob
 		timeout:     int32(sc.Producer.Timeout / time.Millisecond), //nolint:gosec // G115: a validated timeout of seconds
 		linger:      k.Linger,
 		maxBatch:    k.MaxMessageBytes,
-		maxRetries:  sc.Producer.Retry.Max,
+		giveUp:      deliveryTimeout,
 		backoff:     func(n int) time.Duration { return sc.Producer.Retry.BackoffFunc(n, sc.Producer.Retry.Max) },
 		topics:      map[string]*topicQueues{},
 		brokers:     map[brokerConn]*brokerState{},
@@ -415,6 +422,9 @@ func (p *Producer) list(q *partQueue, size int, now time.Time) {
 // retry schedules q's records to be sent again after fresh metadata.
 func (p *Producer) retry(q *partQueue, err error, now time.Time) {
 	q.retries++
+	if q.failing.IsZero() {
+		q.failing = now
+	}
 	q.lastErr = err
 	q.leader = nil
 	q.retryAt = now.Add(p.backoff(q.retries))
@@ -438,8 +448,8 @@ func (p *Producer) retryDue(now time.Time) error {
 	p.retrying = keep
 	refreshed := map[string]bool{}
 	for _, q := range due {
-		if q.retries > p.maxRetries {
-			return p.fail(q.pending[0].ev, q.lastErr)
+		if now.Sub(q.failing) > p.giveUp {
+			return p.fail(q.pending[0].ev, fmt.Errorf("kafka refused it for %s: %w", p.giveUp, q.lastErr))
 		}
 		if !refreshed[q.topic] {
 			refreshed[q.topic] = true
@@ -604,14 +614,14 @@ func (p *Producer) settle(res result) error {
 			}
 			clear(q.pending[:n])
 			q.pending = q.pending[n:]
-			q.retries = 0
+			q.retries, q.failing = 0, time.Time{}
 			if len(q.pending) > 0 && q.leader == b && !q.listed {
 				q.listed = true
 				b.ready = append(b.ready, q)
 			}
 			continue
 		}
-		if retriable(err) && q.retries < p.maxRetries {
+		if retriable(err) && (q.failing.IsZero() || now.Sub(q.failing) <= p.giveUp) {
 			if q.leader != nil {
 				p.retry(q, err, now)
 			}

@@ -145,7 +145,7 @@ func (a *acks) got() []uint64 {
 
 // testProducer runs a producer against a fake broker; partitions is every
 // topic's partition count.
-func testProducer(t *testing.T, k config.Kafka, partitions int32) (*Producer, *fakeBroker, *acks, chan<- *decode.Event, <-chan error) {
+func testProducer(t *testing.T, k config.Kafka, partitions int32, tweaks ...func(*Producer)) (*Producer, *fakeBroker, *acks, chan<- *decode.Event, <-chan error) {
 	t.Helper()
 	t.Cleanup(refusals.forget)
 	k.Linger = 0
@@ -158,6 +158,9 @@ func testProducer(t *testing.T, k config.Kafka, partitions int32) (*Producer, *f
 	a := &acks{}
 	p := newProducer(&fakeCluster{parts: partitions, b: b}, sc, k, a, nil, zerolog.Nop())
 	b.p = p
+	for _, f := range tweaks {
+		f(p)
+	}
 	in := make(chan *decode.Event, 16)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(context.Background(), in) }()
@@ -268,15 +271,23 @@ func TestProducerStopsOnRefusal(t *testing.T) {
 	}
 }
 
-// TestProducerRetriesRunOut: a partition refused for now past
-// Producer.Retry.Max ends Run with a retryable error.
+// TestProducerRetriesRunOut: a partition refused for now for longer than
+// the delivery timeout ends Run with a retryable error.
 func TestProducerRetriesRunOut(t *testing.T) {
-	p, b, _, in, done := testProducer(t, config.Default().Kafka, 1)
+	_, b, _, in, done := testProducer(t, config.Default().Kafka, 1, func(p *Producer) { p.giveUp = 50 * time.Millisecond })
 	in <- keyed(1, "k")
-	for i := 0; i <= p.maxRetries; i++ {
-		next(t, b).answer(sarama.ErrNotEnoughReplicas)
+	var err error
+refusing:
+	for {
+		select {
+		case r := <-b.reqs:
+			r.answer(sarama.ErrNotEnoughReplicas)
+		case err = <-done:
+			break refusing
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run went on retrying")
+		}
 	}
-	err := <-done
 	if err == nil || fault.IsFatal(err) || !errors.Is(err, sarama.ErrNotEnoughReplicas) {
 		t.Fatalf("Run = %v, want a retryable NOT_ENOUGH_REPLICAS", err)
 	}

@@ -150,9 +150,8 @@ func (s *ProgressStore) Save(ctx context.Context, rec checkpoint.Record) error {
 // runs. What can pass (a leader moving, a broken connection) is tried again
 // with fresh metadata; sending a record twice only repeats it.
 func (s *ProgressStore) send(ctx context.Context, key, value []byte) (int64, error) {
-	const attempts = 10
 	var err error
-	for i := 0; i < attempts; i++ {
+	for i, start := 0, time.Now(); i == 0 || time.Since(start) < progressTimeout; i++ {
 		if i > 0 {
 			select {
 			case <-time.After(min(50*time.Millisecond<<i, time.Second)):
@@ -171,6 +170,10 @@ func (s *ProgressStore) send(ctx context.Context, key, value []byte) (int64, err
 	}
 	return 0, classify(fmt.Errorf("writing progress record to %s: %w", s.topic, err))
 }
+
+// progressTimeout bounds the tries of one record: past it the progress
+// writer's error restarts the pipeline, which reports the outage.
+const progressTimeout = 10 * time.Second
 
 func (s *ProgressStore) produce(key, value []byte) (int64, error) {
 	leader, err := s.client.Leader(s.topic, 0)
