@@ -11,7 +11,8 @@ import (
 	"github.com/relay-dev/relay/pkg/decode"
 )
 
-// item carries an event through sarama. Embedding the message in one struct
+// item carries an event through the transactional producer (sarama's
+// AsyncProducer). Embedding the message in one struct
 // with the event means one allocation per record, and Metadata points back to it
 // without boxing.
 type item struct {
@@ -22,7 +23,6 @@ type item struct {
 	// item alone in the common case (no boxed encoders, no header slice).
 	key, value sarama.ByteEncoder
 	headers    [4]sarama.RecordHeader
-	slot       uint16 // flight's key bucket + 1; 0: not counted per key
 }
 
 // newItem builds the producer message for ev.

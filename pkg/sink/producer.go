@@ -568,7 +568,7 @@ func (p *Producer) batch(rs []*record) (*sarama.RecordBatch, int, int) {
 		Version: 2, Codec: p.codec, CompressionLevel: p.level,
 		FirstTimestamp: first, MaxTimestamp: first,
 		ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1,
-		LastOffsetDelta: int32(n - 1), //nolint:gosec // G115: bounded by the batch's bytes
+		LastOffsetDelta: int32(n - 1),
 		Records:         make([]*sarama.Record, n),
 	}
 	for i, r := range rs[:n] {

@@ -77,7 +77,7 @@ type fakeCluster struct {
 func (c *fakeCluster) Partitions(string) ([]int32, error) {
 	ids := make([]int32, c.parts)
 	for i := range ids {
-		ids[i] = int32(i) //nolint:gosec // G115: a handful
+		ids[i] = int32(i)
 	}
 	return ids, nil
 }
