@@ -456,9 +456,19 @@ func (p *Pipeline) writeProgress(ctx, stop context.Context, streamDone <-chan st
 			if wait <= 0 {
 				break
 			}
+			var acks <-chan struct{}
+			if time.Since(last) >= confirmGap {
+				// Waiting for enough events: count them again as acks
+				// arrive. They come from the producer's goroutine on a
+				// thread already awake, where a poll timer would wake one
+				// of its own.
+				acks = tr.Progress()
+			}
 			timer.Reset(wait)
 			select {
 			case <-timer.C:
+			case <-acks:
+				timer.Stop()
 			case <-stopping:
 				stopping = nil
 				timer.Stop()
@@ -504,20 +514,19 @@ func recordWait(now, last time.Time, events uint64, stopping bool) time.Duration
 	if stopping || events >= recordEvents {
 		return 0
 	}
-	return min(recordPoll, last.Add(recordMaxGap).Sub(now))
+	return last.Add(recordMaxGap).Sub(now)
 }
 
 // confirmGap spaces progress records while acks move: a crash re-sends at
 // most what was acked within it, and the record costs one small write per gap.
 // At everyday rates fewer than recordEvents events are acked in a gap; then a
-// record waits for recordEvents of them (looking every recordPoll), at most
+// record waits for recordEvents of them (counted as acks arrive), at most
 // recordMaxGap. A crash re-sends about as many events either way, and a
 // sidecar at a hundred events a second writes a few records a second instead
 // of fifty.
 const (
 	confirmGap   = 20 * time.Millisecond
 	recordEvents = 16
-	recordPoll   = 50 * time.Millisecond
 	recordMaxGap = time.Second
 )
 
