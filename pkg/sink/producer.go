@@ -160,8 +160,10 @@ type result struct {
 }
 
 // maxRequestBytes bounds a produce request across its partitions' batches;
-// what does not fit goes in the next one.
-const maxRequestBytes = 8 << 20
+// what does not fit goes in the next one. A drain is as fast with 2 MiB as
+// with 8 (walsender-bound either way) and peaks 10 MB lower: the request and
+// its encoding are both in memory while it is written.
+const maxRequestBytes = 2 << 20
 
 // deliveryTimeout is how long a partition may go on being refused before
 // Run gives up (the Java client's delivery.timeout.ms is two minutes): the
