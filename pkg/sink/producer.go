@@ -40,6 +40,8 @@ type Producer struct {
 	fl    flight
 
 	partitioner func(topic string) sarama.Partitioner
+	msg         sarama.ProducerMessage // what the partitioner is asked about
+	key         sarama.ByteEncoder
 	codec       sarama.CompressionCodec
 	level       int
 	version     int16
@@ -364,11 +366,14 @@ func (p *Producer) enqueue(ev *decode.Event, deadLetter bool) error {
 		}
 		choice = ev.Partition
 	} else {
-		msg := sarama.ProducerMessage{Topic: ev.Topic}
+		// One message reused for every event, so that asking the
+		// partitioner allocates nothing.
+		p.msg.Topic, p.msg.Key = ev.Topic, nil
 		if ev.Key != nil {
-			msg.Key = sarama.ByteEncoder(ev.Key)
+			p.key = ev.Key
+			p.msg.Key = &p.key
 		}
-		if choice, err = tq.partitioner.Partition(&msg, n); err != nil {
+		if choice, err = tq.partitioner.Partition(&p.msg, n); err != nil {
 			return p.fail(ev, err)
 		}
 	}
