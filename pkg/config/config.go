@@ -51,9 +51,11 @@ type Kafka struct {
 	Partitioner     Partitioner `mapstructure:"partitioner"`
 	Compression     Compression `mapstructure:"compression"`
 	MaxMessageBytes int         `mapstructure:"max_message_bytes"`
-	// Linger is how long the producer may hold a record to send it with the
-	// ones that follow in one produce request (sarama's Flush.Frequency).
-	// Zero sends every record at once.
+	// Linger is how long the producer may hold a broker's first waiting
+	// record to send it with the ones that follow in one produce request
+	// (for exactly_once, sarama's Flush.Frequency). Zero sends at once;
+	// records that arrive while a request is in flight share the next one
+	// either way.
 	Linger time.Duration `mapstructure:"linger"`
 	// ProgressTopic holds the relay's progress records (compacted, one
 	// partition, created when missing).

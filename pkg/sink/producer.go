@@ -252,9 +252,14 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var timerAt time.Time
+	// stopErr is an event that cannot be queued (kafka.on_unpublishable
+	// stops on it, or its topic cannot be looked up). The events queued
+	// before it still go, so that the relay stops exactly at it; nothing
+	// after it is taken.
+	var stopErr error
 	for {
 		if in == nil && p.fl.n == 0 && p.parked == nil {
-			return nil
+			return stopErr
 		}
 		input := in
 		if p.parked != nil {
@@ -268,12 +273,12 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 				in = nil
 				break
 			}
-			if err := p.take(ev); err != nil {
-				return err
+			err := p.take(ev)
+			if err == nil {
+				in, err = p.takeWaiting(in)
 			}
-			var err error
-			if in, err = p.takeWaiting(in); err != nil {
-				return err
+			if err != nil {
+				stopErr, in = err, nil
 			}
 		case res := <-p.results:
 			if err := p.settle(res); err != nil {
@@ -291,7 +296,7 @@ func (p *Producer) Run(ctx context.Context, in <-chan *decode.Event) error {
 			ev := p.parked
 			p.parked = nil
 			if err := p.enqueue(ev, true); err != nil {
-				return err
+				stopErr, in = err, nil
 			}
 		}
 		wake, err := p.flush(time.Now())

@@ -276,6 +276,38 @@ func TestProducerStopsOnRefusal(t *testing.T) {
 	}
 }
 
+// TestProducerStopsAtUnpublishable: under kafka.on_unpublishable stop, the
+// events before an oversized one are still sent and acked, so the relay
+// stops exactly at it; nothing after it is taken.
+func TestProducerStopsAtUnpublishable(t *testing.T) {
+	k := config.Default().Kafka
+	k.MaxMessageBytes = 1000
+	_, b, a, in, done := testProducer(t, k, 1)
+	big := keyed(2, "k")
+	big.Value = make([]byte, 5000)
+	// Together, so that the producer takes them in one go.
+	in <- keyed(1, "k")
+	in <- big
+	in <- keyed(3, "k")
+	r := next(t, b)
+	if !slices.Equal(r.seqs[p0], []uint64{1}) {
+		t.Fatalf("request %v, want the event before the oversized one", r.seqs)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run ended before the event ahead was acked: %v", err)
+	default:
+	}
+	r.answer(sarama.ErrNoError)
+	if err := <-done; !fault.IsFatal(err) || !strings.Contains(err.Error(), "kafka.max_message_bytes") {
+		t.Fatalf("Run = %v, want the oversized event's fatal error", err)
+	}
+	noRequest(t, b)
+	if got := a.got(); !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("acked %v", got)
+	}
+}
+
 // TestProducerRetriesRunOut: a partition refused for now for longer than
 // the delivery timeout ends Run with a retryable error.
 func TestProducerRetriesRunOut(t *testing.T) {
