@@ -8,7 +8,7 @@
 // arrives while a request is in flight goes in the next one. A batch the
 // broker refuses for now (a leader moving, too few replicas, a broken
 // connection) is sent again before anything later of its partition; one
-// refused for good, or for longer than a minute, ends the run with an error
+// refused for good, or for longer than 30 seconds, ends the run with an error
 // before anything later of its partition is sent, and the pipeline restarts
 // from the confirmed position. Sending again can repeat records, never
 // reorder them.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -168,10 +169,12 @@ type result struct {
 const maxRequestBytes = 2 << 20
 
 // deliveryTimeout is how long a partition may go on being refused before
-// Run gives up (the Java client's delivery.timeout.ms is two minutes): the
-// pipeline then restarts from the confirmed position, which reports the
-// outage, and tries again from there.
-const deliveryTimeout = time.Minute
+// Run gives up: long enough to ride out a leader election or a broker's
+// restart, short enough that an outage is reported (the pipeline restarts
+// from the confirmed position, says why, and tries again from there) within
+// a minute even though every retry waits out sarama's metadata retries.
+// The Java client's delivery.timeout.ms is two minutes.
+const deliveryTimeout = 30 * time.Second
 
 // burst is how many events Run takes from its input, when they are already
 // waiting, before it sends: a backlog leaves in full requests.
@@ -446,7 +449,8 @@ func (p *Producer) retry(q *partQueue, err error, now time.Time) {
 }
 
 // retryDue looks up the leaders of the queues whose backoff is over, with
-// fresh metadata for their topics.
+// fresh metadata for their topics, asked for in one request: with the
+// brokers away each request waits out sarama's metadata retries.
 func (p *Producer) retryDue(now time.Time) error {
 	keep := p.retrying[:0]
 	var due []*partQueue
@@ -457,16 +461,30 @@ func (p *Producer) retryDue(now time.Time) error {
 			due = append(due, q)
 		}
 	}
+	clear(p.retrying[len(keep):])
 	p.retrying = keep
-	refreshed := map[string]bool{}
+	var topics []string
 	for _, q := range due {
 		if now.Sub(q.failing) > p.giveUp {
 			return p.fail(q.pending[0].ev, fmt.Errorf("kafka refused it for %s: %w", p.giveUp, q.lastErr))
 		}
-		if !refreshed[q.topic] {
-			refreshed[q.topic] = true
-			_ = p.c.RefreshMetadata(q.topic) // a failure shows as no leader below
+		if !slices.Contains(topics, q.topic) {
+			topics = append(topics, q.topic)
 		}
+	}
+	if len(topics) > 0 {
+		if err := p.c.RefreshMetadata(topics...); err != nil {
+			// No broker answers: asking each queue's leader would wait
+			// out the metadata retries once per partition.
+			now = time.Now()
+			for _, q := range due {
+				p.retry(q, err, now)
+			}
+			return nil
+		}
+	}
+	now = time.Now()
+	for _, q := range due {
 		p.resolve(q, now)
 	}
 	return nil
