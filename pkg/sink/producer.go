@@ -585,11 +585,15 @@ func (p *Producer) build(b *brokerState) (*sarama.ProduceRequest, *request) {
 	return req, pr
 }
 
+// batchOverhead is a v2 record batch's header, which the broker counts
+// against the topic's max.message.bytes along with the records.
+const batchOverhead = 61
+
 // batch builds a record batch of the first records of rs, up to maxBatch
 // bytes (at least one record).
 func (p *Producer) batch(rs []*record) (*sarama.RecordBatch, int, int) {
 	n, size := 0, 0
-	for n < len(rs) && (n == 0 || size+rs[n].size <= p.maxBatch) {
+	for n < len(rs) && (n == 0 || size+rs[n].size <= p.maxBatch-batchOverhead) {
 		size += rs[n].size
 		n++
 	}
