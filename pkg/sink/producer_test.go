@@ -77,6 +77,11 @@ func BenchmarkBuildRecord(b *testing.B) {
 type fakeCluster struct {
 	parts int32
 	b     *fakeBroker
+
+	mu         sync.Mutex
+	refreshErr error // what RefreshMetadata answers
+	refreshes  int
+	leaders    int
 }
 
 func (c *fakeCluster) Partitions(string) ([]int32, error) {
@@ -86,9 +91,23 @@ func (c *fakeCluster) Partitions(string) ([]int32, error) {
 	}
 	return ids, nil
 }
-func (c *fakeCluster) RefreshMetadata(...string) error { return nil }
+func (c *fakeCluster) RefreshMetadata(...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refreshes++
+	return c.refreshErr
+}
 func (c *fakeCluster) leader(string, int32) (brokerConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.leaders++
 	return c.b, nil
+}
+
+func (c *fakeCluster) counts() (refreshes, leaders int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.refreshes, c.leaders
 }
 func (c *fakeCluster) Close() error { return nil }
 
@@ -304,6 +323,45 @@ func TestProducerStopsAtUnpublishable(t *testing.T) {
 	}
 	noRequest(t, b)
 	if got := a.got(); !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("acked %v", got)
+	}
+}
+
+// TestProducerOutageAsksOnce: with no broker answering metadata, a retry
+// round asks once for every partition refused and looks up no leader (each
+// lookup would wait out sarama's metadata retries again), and the batches
+// go as soon as metadata comes back.
+func TestProducerOutageAsksOnce(t *testing.T) {
+	var c *fakeCluster
+	_, b, a, in, done := testProducer(t, config.Default().Kafka, 4, func(p *Producer) {
+		c = p.c.(*fakeCluster)
+		c.refreshErr = sarama.ErrOutOfBrokers
+	})
+	for i := range 4 {
+		ev := keyed(uint64(i+1), "k")
+		ev.Partition = int32(i)
+		in <- ev
+	}
+	r := next(t, b)
+	_, leadersBefore := c.counts()
+	r.cb(nil, io.ErrUnexpectedEOF) // the connection breaks: all four retry
+	waitUntil(t, "two retry rounds", func() bool { n, _ := c.counts(); return n >= 2 })
+	if _, leaders := c.counts(); leaders != leadersBefore {
+		t.Errorf("%d leader lookups while metadata failed", leaders-leadersBefore)
+	}
+	c.mu.Lock()
+	c.refreshErr = nil
+	c.mu.Unlock()
+	r2 := next(t, b)
+	if len(r2.seqs) != 4 {
+		t.Fatalf("after the outage: %v, want all four partitions", r2.seqs)
+	}
+	r2.answer(sarama.ErrNoError)
+	close(in)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := a.got(); len(got) != 4 {
 		t.Fatalf("acked %v", got)
 	}
 }
