@@ -42,9 +42,11 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	sc.Producer.RequiredAcks = sarama.WaitForAll
 	sc.Producer.Idempotent = true
 	sc.Net.MaxOpenRequests = 1
-	// sarama allocates retry state per partition proportional to Retry.Max, so
-	// "forever" is a bounded count here; when a record exhausts it the pipeline
-	// restarts from the slot, which keeps retrying for as long as we live.
+	// For the transactional producer (sarama's AsyncProducer): sarama
+	// allocates retry state per partition proportional to Retry.Max, so
+	// "forever" is a bounded count here; when a record exhausts it the
+	// pipeline restarts, which keeps retrying for as long as we live. The
+	// at-least-once Producer retries by time and uses only the backoff.
 	sc.Producer.Retry.Max = 120
 	sc.Producer.Retry.BackoffFunc = func(retries, _ int) time.Duration {
 		d := 50 * time.Millisecond << min(retries, 5)
@@ -55,12 +57,11 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	sc.Producer.MaxMessageBytes = k.MaxMessageBytes
 	sc.Producer.Timeout = 10 * time.Second
 	sc.ChannelBufferSize = 4096
-	// A record waits up to the linger for the records behind it, so that a
-	// produce request carries several: the broker handles fewer requests
-	// (half the broker CPU at a thousand events a second), and a machine
-	// short of cores does not queue up requests of one record each behind
-	// the one in flight. A batch that is already large goes at once rather
-	// than waiting out the timer, which keeps a backlog drain at full speed.
+	// The transactional producer's linger (the at-least-once Producer reads
+	// kafka.linger itself): a record waits up to it for the records behind
+	// it, so that a produce request carries several and the broker handles
+	// fewer. A batch that is already large goes at once rather than waiting
+	// out the timer, which keeps a backlog drain at full speed.
 	if k.Linger > 0 {
 		sc.Producer.Flush.Frequency = k.Linger
 		sc.Producer.Flush.Bytes = flushBytes
