@@ -3,12 +3,14 @@ package logrepl
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/relay-dev/relay/internal/netio"
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/fault"
 )
@@ -33,6 +35,15 @@ func Dial(ctx context.Context, pg config.Postgres, tables []config.Table) (*Repl
 	connCfg, err := pgconn.ParseConfig(connURL)
 	if err != nil {
 		return nil, fault.Fatal(fmt.Errorf("postgres.url: %s", pg.URL.RedactError(err)))
+	}
+	// The stream's reads are the relay's most frequent system calls.
+	dial := connCfg.DialFunc
+	connCfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return netio.Wrap(nc), nil
 	}
 	c := &ReplConn{}
 	// PostgreSQL 18's walsender does not fail when the publication is

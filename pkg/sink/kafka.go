@@ -3,12 +3,14 @@ package sink
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
 	gometrics "github.com/rcrowley/go-metrics"
 
+	"github.com/relay-dev/relay/internal/netio"
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/decode"
 	"github.com/relay-dev/relay/pkg/fault"
@@ -66,6 +68,10 @@ func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 		sc.Producer.Flush.Frequency = k.Linger
 		sc.Producer.Flush.Bytes = flushBytes
 	}
+	// Produce requests and their responses are, with the stream's reads,
+	// the relay's most frequent system calls.
+	sc.Net.Proxy.Enable = true
+	sc.Net.Proxy.Dialer = dialer{sc}
 	sc.Metadata.Full = false
 	sc.Metadata.Retry.Max = 10
 	sc.Metadata.Retry.Backoff = 500 * time.Millisecond
@@ -170,4 +176,18 @@ func reason(err error) string {
 		return "message_too_large"
 	}
 	return "other"
+}
+
+// dialer dials a broker the way sarama does without a proxy, reading the
+// timeouts when it dials so that later changes to the config apply, and
+// wraps the connection with netio.
+type dialer struct{ sc *sarama.Config }
+
+func (d dialer) Dial(network, addr string) (net.Conn, error) {
+	nd := net.Dialer{Timeout: d.sc.Net.DialTimeout, KeepAlive: d.sc.Net.KeepAlive, LocalAddr: d.sc.Net.LocalAddr}
+	c, err := nd.Dial(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return netio.Wrap(c), nil
 }
