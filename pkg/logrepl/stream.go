@@ -46,7 +46,7 @@ var ErrSlotActive = errors.New("replication slot is active for another connectio
 
 // Stats are updated by the stream and read by metrics and health checks.
 type Stats struct {
-	ReceivedLSN  atomic.Uint64 // end of the newest WAL data received
+	ReceivedLSN  atomic.Uint64 // position of the newest WAL data received
 	Streaming    atomic.Bool   // START_REPLICATION succeeded and the connection is up
 	LastProgress atomic.Int64  // unix nanos of the newest message received or status sent
 }
@@ -180,9 +180,14 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 				if err != nil {
 					return fmt.Errorf("parsing XLogData: %w", err)
 				}
-				if end := xld.WALStart + pglogrepl.LSN(len(xld.WALData)); end > s.received {
-					s.received = end
-					s.Stats.ReceivedLSN.Store(uint64(end))
+				// pgoutput stamps a change with its record's LSN and a commit
+				// with the commit's end, which is what the tracker confirms
+				// once the transaction is in Kafka (as pg_recvlogical
+				// counts). Adding the message's length would put received
+				// past every confirmable position after each commit.
+				if xld.WALStart > s.received {
+					s.received = xld.WALStart
+					s.Stats.ReceivedLSN.Store(uint64(s.received))
 				}
 				res, err := s.Decoder.Decode(xld.WALData)
 				if errors.Is(err, errCatalog) {

@@ -187,7 +187,7 @@ var (
 	descInflightEvents = prometheus.NewDesc("relay_inflight_events", "Events handed to Kafka and not yet acknowledged.", nil, nil)
 	descInflightBytes  = prometheus.NewDesc("relay_inflight_bytes", "Approximate memory held by unacknowledged events.", nil, nil)
 	descConfirmedLSN   = prometheus.NewDesc("relay_confirmed_lsn", "WAL position confirmed to Postgres as flushed, as a number.", nil, nil)
-	descReceivedLSN    = prometheus.NewDesc("relay_received_lsn", "End of the newest WAL data received from Postgres, as a number.", nil, nil)
+	descReceivedLSN    = prometheus.NewDesc("relay_received_lsn", "Position of the newest WAL data received from Postgres (a change's LSN, a commit's end), as a number.", nil, nil)
 	descReplLag        = prometheus.NewDesc("relay_replication_lag_seconds", "Now minus the commit time of the newest fully acknowledged transaction; 0 when idle and caught up.", nil, nil)
 )
 
