@@ -387,3 +387,37 @@ func TestProduceErrorKeepsOrder(t *testing.T) {
 	v := e.finalCheck(p)
 	t.Logf("8 produce requests refused for good: %s", v)
 }
+
+// TestIdleLoopWakesForConfirmAndStop runs with a status interval of an
+// hour, so that the replication loop, which sleeps while nothing changes,
+// never wakes on its own during the test. A position made durable while it
+// sleeps must still reach the slot promptly, and SIGTERM must still stop
+// it at once: both wake the loop instead of its timer.
+func TestIdleLoopWakesForConfirmAndStop(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := strings.Replace(e.config(""), "status_interval: 200ms", "status_interval: 1h", 1)
+	r := e.startRelay(cfg)
+	e.waitStreaming("outbox_relay")
+	p := newProducer()
+	conn := e.connect()
+	for round := 0; round < 3; round++ {
+		if err := p.insert(context.Background(), conn, "public.outbox", 5, keyed(5, round)); err != nil {
+			t.Fatal(err)
+		}
+		_, current := e.slotLSNs("outbox_relay")
+		waitFor(t, 5*time.Second, "the slot to confirm the burst", func() bool {
+			confirmed, _ := e.slotLSNs("outbox_relay")
+			return confirmed >= current
+		})
+	}
+	start := time.Now()
+	if code := r.stop(5 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	t.Logf("idle clean stop took %s", time.Since(start).Round(time.Millisecond))
+	e.startRelay(e.config(""))
+	e.waitStreaming("outbox_relay")
+	if v := e.finalCheck(p); v.duplicates != 0 {
+		t.Fatalf("a clean stop after confirmed bursts re-sent events: %s", v)
+	}
+}

@@ -132,8 +132,9 @@ func newStallWatch(src metrics.State, limit time.Duration) *stallWatch {
 }
 
 func (w *stallWatch) run(ctx context.Context) {
-	// Ten samples per timeout keep the verdict within 10% of it.
-	every := min(max(w.limit/10, 10*time.Millisecond), time.Second)
+	// Ten samples per timeout keep the verdict within 10% of it; sampling
+	// more often would only wake an idle relay.
+	every := max(w.limit/10, 10*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

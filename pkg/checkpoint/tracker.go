@@ -57,6 +57,8 @@ type Tracker struct {
 	ackedEvents   uint64
 	attempt       int
 
+	onDurable func() // called, under mu, when the durable position moves
+
 	space    chan struct{} // signalled after acks free capacity or change what is confirmable
 	progress chan struct{} // signalled when Acked moves
 }
@@ -240,11 +242,25 @@ func (t *Tracker) MarkDurable(lsn pglogrepl.LSN) {
 	moved := lsn > t.durable && lsn <= t.acked
 	if moved {
 		t.durable = lsn
+		if t.onDurable != nil {
+			t.onDurable()
+		}
 	}
 	t.mu.Unlock()
 	if moved {
 		signal(t.space)
 	}
+}
+
+// OnDurable makes f be called whenever the durable position moves, or stops
+// that with nil. f runs with the tracker locked, so it must be quick and not
+// call back into it; once OnDurable returns, the f it replaced is no longer
+// running. The stream uses it to report a position made durable while it
+// waits on its socket, which no channel can interrupt.
+func (t *Tracker) OnDurable(f func()) {
+	t.mu.Lock()
+	t.onDurable = f
+	t.mu.Unlock()
 }
 
 // Confirmed returns the newest LSN that may be reported to Postgres as

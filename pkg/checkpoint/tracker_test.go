@@ -177,6 +177,36 @@ func TestConfirmedWaitsForDurable(t *testing.T) {
 	}
 }
 
+// The stream waits on its socket, so it learns of a position made durable
+// elsewhere only through OnDurable: once per move, and never after it has
+// unregistered.
+func TestOnDurableCalledPerMove(t *testing.T) {
+	tr := New(10, 1<<20, 50)
+	calls := 0
+	tr.OnDurable(func() {
+		calls++
+		if tr.mu.TryLock() {
+			t.Error("OnDurable's function ran without the tracker locked")
+			tr.mu.Unlock()
+		}
+	})
+	seq, _ := tr.TryReserve(10)
+	tr.Commit(80, time.Time{})
+	tr.Ack(seq)
+	tr.MarkDurable(90) // beyond acked: refused
+	tr.MarkDurable(70)
+	tr.MarkDurable(70) // no move
+	tr.MarkDurable(60) // never back
+	if calls != 1 {
+		t.Fatalf("OnDurable's function ran %d times for one move, want 1", calls)
+	}
+	tr.OnDurable(nil)
+	tr.MarkDurable(80)
+	if calls != 1 || tr.Confirmed() != 80 {
+		t.Fatalf("after OnDurable(nil): %d calls, confirmed %s; want 1 and 0/80", calls, tr.Confirmed())
+	}
+}
+
 func TestResetAbandonsInFlight(t *testing.T) {
 	tr := New(4, 1<<20, 10)
 	old, _ := tr.TryReserve(10)

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,7 +49,7 @@ var ErrSlotActive = errors.New("replication slot is active for another connectio
 type Stats struct {
 	ReceivedLSN  atomic.Uint64 // position of the newest WAL data received
 	Streaming    atomic.Bool   // START_REPLICATION succeeded and the connection is up
-	LastProgress atomic.Int64  // unix nanos of the newest message received or status sent
+	LastProgress atomic.Int64  // unix nanos of the newest message received, status sent or loop wake-up
 }
 
 // Stream is one replication session on Conn. Create it per connection attempt.
@@ -67,12 +68,25 @@ type Stream struct {
 	// goes missing.
 	Tables []config.Table
 
-	conn     *pgconn.PgConn
-	catalog  *pgx.Conn // regular connection for catalog lookups, opened when first needed
-	received pglogrepl.LSN
-	sentLSN  pglogrepl.LSN
-	sentAt   time.Time
-	nextStat time.Time
+	conn      *pgconn.PgConn
+	catalog   *pgx.Conn // regular connection for catalog lookups, opened when first needed
+	received  pglogrepl.LSN
+	sentLSN   pglogrepl.LSN
+	sentWrite pglogrepl.LSN
+	sentAt    time.Time
+	nextStat  time.Time
+
+	// The read deadline is how the loop wakes up; nudges move it from other
+	// goroutines, so every change to it but the hard stop's goes through mu.
+	mu     sync.Mutex
+	armed  time.Time // the deadline set for the next read
+	nudged bool      // a nudge came since the loop last looked
+	quiet  bool      // the loop reads no more: nudges leave the deadline alone
+
+	// waiting is set while the stream waits for the sink instead of reading:
+	// it cannot see the walsender's requests for a reply then, so it reports
+	// at every status interval, changed or not.
+	waiting bool
 }
 
 // confirmGap is how soon after acks move the confirmable position it is sent
@@ -80,6 +94,14 @@ type Stream struct {
 // what Kafka had not acked; the gap keeps status traffic to a few dozen small
 // writes a second under load.
 const confirmGap = 20 * time.Millisecond
+
+// idleStatus is how often an unchanged position is reported all the same
+// (pg_recvlogical's default status interval). A status is the walsender's
+// sign that the relay lives; without one it asks for a reply at half its
+// wal_sender_timeout, which the relay answers at once. Reporting the same
+// position every status interval would cost an idle relay and its walsender
+// a write and a wake-up each, every second.
+const idleStatus = 10 * time.Second
 
 // setupTimeout bounds connecting and the start-up checks.
 const setupTimeout = 30 * time.Second
@@ -121,7 +143,12 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 	// context: an expired deadline does that.
 	stopRead := context.AfterFunc(hard, func() { _ = conn.Conn().SetReadDeadline(time.Unix(1, 0)) })
 	defer stopRead()
-	var deadline time.Time
+	// With nothing to report the loop sleeps up to idleStatus: a position
+	// made durable elsewhere and a clean stop wake it instead.
+	s.Tracker.OnDurable(s.nudge)
+	defer s.Tracker.OnDurable(nil)
+	stopNudge := context.AfterFunc(stop, s.nudge)
+	defer stopNudge()
 	inTxn := false
 	cursor := checkpoint.NewCursor(s.Resume)
 	for {
@@ -135,9 +162,8 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 		// message: pgconn starts a watcher goroutine for every cancellable
 		// context, which at tens of thousands of messages a second costs more
 		// than decoding them.
-		if wake := s.wake(); !wake.Equal(deadline) {
-			deadline = wake
-			_ = conn.Conn().SetReadDeadline(deadline)
+		if !s.arm(s.wake()) {
+			continue
 		}
 		if hard.Err() != nil {
 			return hard.Err()
@@ -151,6 +177,10 @@ func (s *Stream) Run(hard, stop context.Context, out chan<- *decode.Event) error
 				return hard.Err()
 			}
 			if pgconn.Timeout(err) {
+				// The loop's own wake-up or a nudge: with nothing to report
+				// it sends nothing, but it is alive.
+				s.expired()
+				s.touch()
 				continue
 			}
 			return classify(fmt.Errorf("replication stream: %w", err), err)
@@ -272,6 +302,8 @@ func (s *Stream) handOver(hard context.Context, ev *decode.Event, out chan<- *de
 
 // wait blocks until ch fires, sending status updates when they are due.
 func (s *Stream) wait(hard context.Context, ch <-chan struct{}) error {
+	s.waiting = true
+	defer func() { s.waiting = false }()
 	timer := time.NewTimer(time.Until(s.wake()))
 	defer timer.Stop()
 	select {
@@ -287,6 +319,7 @@ func (s *Stream) wait(hard context.Context, ch <-chan struct{}) error {
 // drain waits for every event handed over to be acked, bounded by the drain
 // timeout, then reports the final position.
 func (s *Stream) drain(hard context.Context) error {
+	s.hush()
 	deadline := time.Now().Add(s.Pipeline.DrainTimeout)
 	s.Log.Info().Int("inflight", s.Tracker.Stats().InflightEvents).Msg("stopping: waiting for in-flight events to be acknowledged")
 	// Acked events are confirmable once their progress record is in Kafka,
@@ -321,15 +354,13 @@ func (s *Stream) drain(hard context.Context) error {
 	return nil
 }
 
-// wake is when the stream must next look at the confirmable position: a gap
-// after the last report while a durable position waits to be reported,
-// otherwise at the regular status interval. A position that becomes durable
-// while the stream waits is seen with the next message from the walsender
-// (at everyday rates within milliseconds) or at the status interval; waking
-// every gap while events are in flight would cost a timer and a wake-up per
-// gap for positions that are not yet durable. Nothing depends on reporting
-// sooner: a restart resumes from the progress record, and a clean stop's
-// drain waits for the last position itself.
+// wake is when the stream must next look at what to report: a gap after the
+// last report while a durable position waits to be reported, the regular
+// status interval while the received position moves, and otherwise the idle
+// sign of life. A position that becomes durable while the stream waits on
+// the socket nudges it (Tracker.OnDurable), and is reported a gap after the
+// previous report; waking every gap while events are in flight would cost a
+// timer and a wake-up per gap for positions that are not yet durable.
 func (s *Stream) wake() time.Time {
 	if s.Tracker.Confirmed() != s.sentLSN {
 		t := s.sentAt.Add(confirmGap)
@@ -341,18 +372,83 @@ func (s *Stream) wake() time.Time {
 		if t.Before(s.nextStat) {
 			return t
 		}
+		return s.nextStat
 	}
-	return s.nextStat
+	if s.waiting || s.writePosition(s.Tracker.Confirmed()) != s.sentWrite {
+		return s.nextStat
+	}
+	return s.sentAt.Add(max(s.Pipeline.StatusInterval, idleStatus))
+}
+
+// arm sets the read deadline to at for the next read, unless a nudge came
+// since the loop last looked: then it reports false, and the loop looks
+// again. A nudge that comes after arm moves the deadline it set.
+func (s *Stream) arm(at time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nudged {
+		s.nudged = false
+		return false
+	}
+	if !at.Equal(s.armed) {
+		s.armed = at
+		_ = s.conn.Conn().SetReadDeadline(at)
+	}
+	return true
+}
+
+// expired notes that the deadline has passed, so that arm sets it again.
+func (s *Stream) expired() {
+	s.mu.Lock()
+	s.armed = time.Time{}
+	s.mu.Unlock()
+}
+
+// nudge makes the loop look at the confirmable position and the stop context
+// now rather than at its next wake-up.
+func (s *Stream) nudge() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.quiet {
+		return
+	}
+	s.nudged = true
+	s.armed = time.Time{}
+	_ = s.conn.Conn().SetReadDeadline(time.Unix(1, 0))
+}
+
+// hush stops nudges from touching the read deadline, which the drain sets
+// itself for its last exchange.
+func (s *Stream) hush() {
+	s.mu.Lock()
+	s.quiet = true
+	s.mu.Unlock()
 }
 
 func (s *Stream) maybeStatus(force bool) error {
 	now := time.Now()
-	due := force || !now.Before(s.nextStat) ||
-		(s.Tracker.Confirmed() != s.sentLSN && now.Sub(s.sentAt) >= confirmGap)
+	confirmed := s.Tracker.Confirmed()
+	var due bool
+	switch {
+	case force:
+		due = true
+	case confirmed != s.sentLSN:
+		due = !now.Before(s.nextStat) || now.Sub(s.sentAt) >= confirmGap
+	case now.Before(s.nextStat):
+	default:
+		// An unchanged position is reported only as a sign of life.
+		due = s.waiting || s.writePosition(confirmed) != s.sentWrite || now.Sub(s.sentAt) >= max(s.Pipeline.StatusInterval, idleStatus)
+	}
 	if !due {
 		return nil
 	}
 	return s.sendStatus(false)
+}
+
+// writePosition is what the relay has received, reported as written: never
+// behind what it confirms.
+func (s *Stream) writePosition(confirmed pglogrepl.LSN) pglogrepl.LSN {
+	return max(s.received, confirmed)
 }
 
 func (s *Stream) sendStatus(reply bool) error {
@@ -362,10 +458,7 @@ func (s *Stream) sendStatus(reply bool) error {
 		return s.Conn.gap
 	}
 	confirmed := s.Tracker.Confirmed()
-	write := s.received
-	if write < confirmed {
-		write = confirmed
-	}
+	write := s.writePosition(confirmed)
 	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: write,
 		WALFlushPosition: confirmed,
@@ -375,7 +468,7 @@ func (s *Stream) sendStatus(reply bool) error {
 	if err != nil {
 		return fmt.Errorf("sending standby status: %w", err)
 	}
-	s.sentLSN = confirmed
+	s.sentLSN, s.sentWrite = confirmed, write
 	s.sentAt = time.Now()
 	s.nextStat = s.sentAt.Add(s.Pipeline.StatusInterval)
 	s.touch()
