@@ -19,11 +19,26 @@
 // connection's.
 package netio
 
-import "net"
+import (
+	"context"
+	"net"
+)
 
 // Wrap returns c with raw-syscall reads and writes when c is a socket that
 // exposes its descriptor on a platform where that is done (Linux), and c
 // itself otherwise.
 func Wrap(c net.Conn) net.Conn {
 	return wrap(c)
+}
+
+// DialFunc returns dial with every connection it makes wrapped, in the shape
+// of pgconn.Config.DialFunc.
+func DialFunc(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return Wrap(c), nil
+	}
 }

@@ -4,6 +4,7 @@ package netio
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -161,5 +162,26 @@ func TestWriteToResetPeer(t *testing.T) {
 	reset := errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 	if !errors.As(err, &op) || op.Op != "write" || !reset {
 		t.Fatalf("write to a reset peer: %v, want a *net.OpError for write wrapping ECONNRESET or EPIPE", err)
+	}
+}
+
+func TestDialFuncWraps(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var d net.Dialer
+	c, err := DialFunc(d.DialContext)(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := c.(*conn); !ok {
+		t.Fatalf("DialFunc made a %T, want the raw-syscall conn", c)
+	}
+	refused := func(context.Context, string, string) (net.Conn, error) { return nil, syscall.ECONNREFUSED }
+	if c, err := DialFunc(refused)(context.Background(), "tcp", "x:1"); c != nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("DialFunc over a failing dial = %v, %v; want nil and the dial's error", c, err)
 	}
 }

@@ -3,7 +3,6 @@ package logrepl
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"time"
 
@@ -37,14 +36,7 @@ func Dial(ctx context.Context, pg config.Postgres, tables []config.Table) (*Repl
 		return nil, fault.Fatal(fmt.Errorf("postgres.url: %s", pg.URL.RedactError(err)))
 	}
 	// The stream's reads are the relay's most frequent system calls.
-	dial := connCfg.DialFunc
-	connCfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return netio.Wrap(nc), nil
-	}
+	connCfg.DialFunc = netio.DialFunc(connCfg.DialFunc)
 	c := &ReplConn{}
 	// PostgreSQL 18's walsender does not fail when the publication is
 	// missing at a point of the WAL: it warns and skips the changes. The

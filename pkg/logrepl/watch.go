@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
+	"github.com/relay-dev/relay/internal/netio"
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/fault"
 )
@@ -46,7 +47,14 @@ func WatchPublication(ctx, stop context.Context, pg config.Postgres, tables []co
 			cctx, cancel := context.WithTimeout(ctx, setupTimeout)
 			defer cancel()
 			if conn == nil {
-				c, err := pgx.Connect(cctx, pg.URL.Reveal())
+				// A query every interval, so like the stream it keeps the
+				// runtime's monitor asleep.
+				cfg, err := pgx.ParseConfig(pg.URL.Reveal())
+				if err != nil {
+					return err
+				}
+				cfg.DialFunc = netio.DialFunc(cfg.DialFunc)
+				c, err := pgx.ConnectConfig(cctx, cfg)
 				if err != nil {
 					return err
 				}

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/relay-dev/relay/internal/netio"
 	"github.com/relay-dev/relay/pkg/config"
 )
 
@@ -121,7 +122,14 @@ func (m *Metrics) sampleOnce(ctx context.Context, conn **pgx.Conn, pg config.Pos
 	ctx, cancel := context.WithTimeout(ctx, max(timeout, 5*time.Second))
 	defer cancel()
 	if *conn == nil {
-		c, err := pgx.Connect(ctx, pg.URL.Reveal())
+		// A query every interval: its connection keeps the runtime's
+		// monitor asleep like the stream's.
+		cfg, err := pgx.ParseConfig(pg.URL.Reveal())
+		if err != nil {
+			return fmt.Errorf("connecting to postgres %s: %w", pg.URL.Redacted(), err)
+		}
+		cfg.DialFunc = netio.DialFunc(cfg.DialFunc)
+		c, err := pgx.ConnectConfig(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("connecting to postgres %s: %w", pg.URL.Redacted(), err)
 		}
