@@ -17,6 +17,11 @@
 // syscall.RawConn's callbacks, and waits for readiness on the netpoller
 // like package net does. Deadlines, addresses and Close are the wrapped
 // connection's.
+//
+// One thing is lost: during a metadata refresh sarama asks a broker's
+// *net.TCPConn for a pending socket error and closes that connection early,
+// and a wrapped connection is no *net.TCPConn. A broken connection is then
+// found by its next read or write instead, which the producer retries.
 package netio
 
 import (
