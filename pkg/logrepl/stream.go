@@ -426,23 +426,25 @@ func (s *Stream) hush() {
 }
 
 func (s *Stream) maybeStatus(force bool) error {
-	now := time.Now()
-	confirmed := s.Tracker.Confirmed()
-	var due bool
-	switch {
-	case force:
-		due = true
-	case confirmed != s.sentLSN:
-		due = !now.Before(s.nextStat) || now.Sub(s.sentAt) >= confirmGap
-	case now.Before(s.nextStat):
-	default:
-		// An unchanged position is reported only as a sign of life.
-		due = s.waiting || s.writePosition(confirmed) != s.sentWrite || now.Sub(s.sentAt) >= max(s.Pipeline.StatusInterval, idleStatus)
-	}
-	if !due {
+	if !force && !s.statusDue(time.Now()) {
 		return nil
 	}
 	return s.sendStatus(false)
+}
+
+// statusDue says whether a status update is due at now; wake is when it
+// next will be.
+func (s *Stream) statusDue(now time.Time) bool {
+	confirmed := s.Tracker.Confirmed()
+	switch {
+	case confirmed != s.sentLSN:
+		return !now.Before(s.nextStat) || now.Sub(s.sentAt) >= confirmGap
+	case now.Before(s.nextStat):
+		return false
+	default:
+		// An unchanged position is reported only as a sign of life.
+		return s.waiting || s.writePosition(confirmed) != s.sentWrite || now.Sub(s.sentAt) >= max(s.Pipeline.StatusInterval, idleStatus)
+	}
 }
 
 // writePosition is what the relay has received, reported as written: never
