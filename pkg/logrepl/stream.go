@@ -362,7 +362,8 @@ func (s *Stream) drain(hard context.Context) error {
 // previous report; waking every gap while events are in flight would cost a
 // timer and a wake-up per gap for positions that are not yet durable.
 func (s *Stream) wake() time.Time {
-	if s.Tracker.Confirmed() != s.sentLSN {
+	confirmed := s.Tracker.Confirmed()
+	if confirmed != s.sentLSN {
 		t := s.sentAt.Add(confirmGap)
 		if now := time.Now(); t.Before(now) {
 			// Acks have not moved the position since the last report: look
@@ -374,7 +375,7 @@ func (s *Stream) wake() time.Time {
 		}
 		return s.nextStat
 	}
-	if s.waiting || s.writePosition(s.Tracker.Confirmed()) != s.sentWrite {
+	if s.waiting || s.writePosition(confirmed) != s.sentWrite {
 		return s.nextStat
 	}
 	return s.sentAt.Add(max(s.Pipeline.StatusInterval, idleStatus))

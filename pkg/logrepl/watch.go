@@ -47,14 +47,7 @@ func WatchPublication(ctx, stop context.Context, pg config.Postgres, tables []co
 			cctx, cancel := context.WithTimeout(ctx, setupTimeout)
 			defer cancel()
 			if conn == nil {
-				// A query every interval, so like the stream it keeps the
-				// runtime's monitor asleep.
-				cfg, err := pgx.ParseConfig(pg.URL.Reveal())
-				if err != nil {
-					return err
-				}
-				cfg.DialFunc = netio.DialFunc(cfg.DialFunc)
-				c, err := pgx.ConnectConfig(cctx, cfg)
+				c, err := Connect(cctx, pg)
 				if err != nil {
 					return err
 				}
@@ -79,4 +72,16 @@ func WatchPublication(ctx, stop context.Context, pg config.Postgres, tables []co
 			}
 		}
 	}
+}
+
+// Connect opens a regular connection for a query the relay repeats every
+// few seconds. Its reads and writes go through netio, as the stream's do,
+// so that the repeated query does not wake the runtime's monitor thread.
+func Connect(ctx context.Context, pg config.Postgres) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(pg.URL.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	cfg.DialFunc = netio.DialFunc(cfg.DialFunc)
+	return pgx.ConnectConfig(ctx, cfg)
 }

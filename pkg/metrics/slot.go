@@ -11,8 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"github.com/relay-dev/relay/internal/netio"
 	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/logrepl"
 )
 
 var descSlotLag = prometheus.NewDesc("relay_slot_lag_bytes",
@@ -122,14 +122,7 @@ func (m *Metrics) sampleOnce(ctx context.Context, conn **pgx.Conn, pg config.Pos
 	ctx, cancel := context.WithTimeout(ctx, max(timeout, 5*time.Second))
 	defer cancel()
 	if *conn == nil {
-		// A query every interval: its connection keeps the runtime's
-		// monitor asleep like the stream's.
-		cfg, err := pgx.ParseConfig(pg.URL.Reveal())
-		if err != nil {
-			return fmt.Errorf("connecting to postgres %s: %w", pg.URL.Redacted(), err)
-		}
-		cfg.DialFunc = netio.DialFunc(cfg.DialFunc)
-		c, err := pgx.ConnectConfig(ctx, cfg)
+		c, err := logrepl.Connect(ctx, pg)
 		if err != nil {
 			return fmt.Errorf("connecting to postgres %s: %w", pg.URL.Redacted(), err)
 		}
