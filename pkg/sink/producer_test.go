@@ -337,12 +337,22 @@ func TestProducerOutageAsksOnce(t *testing.T) {
 		c = p.c.(*fakeCluster)
 		c.refreshErr = sarama.ErrOutOfBrokers
 	})
+	// A first request in flight makes the four events queue up behind it,
+	// so that the next request carries all four partitions; fed straight
+	// in, Run may send the first before it has taken the others.
+	in <- keyed(1, "k")
+	r0 := next(t, b)
 	for i := range 4 {
-		ev := keyed(uint64(i+1), "k")
+		ev := keyed(uint64(i+2), "k")
 		ev.Partition = int32(i)
 		in <- ev
 	}
+	waitUntil(t, "the four partitions queued", func() bool { _, n := c.counts(); return n >= 4 })
+	r0.answer(sarama.ErrNoError)
 	r := next(t, b)
+	if len(r.seqs) != 4 {
+		t.Fatalf("first request after the queueing: %v, want all four partitions", r.seqs)
+	}
 	_, leadersBefore := c.counts()
 	r.cb(nil, io.ErrUnexpectedEOF) // the connection breaks: all four retry
 	waitUntil(t, "two retry rounds", func() bool { n, _ := c.counts(); return n >= 2 })
@@ -361,7 +371,7 @@ func TestProducerOutageAsksOnce(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if got := a.got(); len(got) != 4 {
+	if got := a.got(); len(got) != 5 {
 		t.Fatalf("acked %v", got)
 	}
 }
