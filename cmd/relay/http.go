@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/jackc/pglogrepl"
-
 	"context"
 	"errors"
 	"fmt"
@@ -12,16 +10,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/rs/zerolog"
 
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/metrics"
 	"github.com/relay-dev/relay/pkg/pipeline"
 )
-
-// slotLagInterval is how often relay_slot_lag_bytes is sampled: often enough
-// for alerting, rare enough to cost Postgres nothing.
-const slotLagInterval = 10 * time.Second
 
 // startHTTP serves /healthz, /readyz and /metrics when http.listen is set, and
 // runs the watchers behind them. The returned func stops all of it.
@@ -36,9 +31,9 @@ func startHTTP(cfg *config.Config, p *pipeline.Pipeline, m *metrics.Metrics, log
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	watch := newStallWatch(p, cfg.Pipeline.StallTimeout)
-	wg.Add(2)
+	wg.Add(1)
 	go func() { defer wg.Done(); watch.run(ctx) }()
-	go func() { defer wg.Done(); m.SampleSlotLag(ctx, cfg.Postgres, slotLagInterval, log) }()
+	stopLag := m.SampleSlotLag(cfg.Postgres, log)
 
 	mux := healthMux(p, watch, m)
 	if cfg.HTTP.Pprof {
@@ -60,6 +55,7 @@ func startHTTP(cfg *config.Config, p *pipeline.Pipeline, m *metrics.Metrics, log
 		_ = srv.Shutdown(sctx)
 		cancel()
 		wg.Wait()
+		stopLag()
 	}, nil
 }
 

@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net/http/httptest"
 	"strings"
@@ -194,7 +196,7 @@ func TestSlotLagExportedOnlyWhenSampled(t *testing.T) {
 	}
 	m.slotLag.set(4096, true)
 	if err := testutil.CollectAndCompare(&m.slotLag, strings.NewReader(`
-# HELP relay_slot_lag_bytes WAL Postgres retains for the slot: pg_current_wal_lsn() - confirmed_flush_lsn, sampled periodically.
+# HELP relay_slot_lag_bytes WAL Postgres retains for the slot: pg_current_wal_lsn() - confirmed_flush_lsn, sampled when scraped.
 # TYPE relay_slot_lag_bytes gauge
 relay_slot_lag_bytes 4096
 `)); err != nil {
@@ -203,6 +205,38 @@ relay_slot_lag_bytes 4096
 	m.slotLag.set(0, false)
 	if n := testutil.CollectAndCount(&m.slotLag); n != 0 {
 		t.Fatalf("stale slot lag still exported: %d series", n)
+	}
+}
+
+func TestSlotLagSampledWhenScraped(t *testing.T) {
+	m := New("dev")
+	calls := 0
+	var fail error
+	m.slotLag.sample = func(ctx context.Context) (int64, error) {
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("slot lag sampled without a deadline")
+		}
+		calls++
+		return int64(calls) * 100, fail
+	}
+	if err := testutil.CollectAndCompare(&m.slotLag, strings.NewReader(`
+# HELP relay_slot_lag_bytes WAL Postgres retains for the slot: pg_current_wal_lsn() - confirmed_flush_lsn, sampled when scraped.
+# TYPE relay_slot_lag_bytes gauge
+relay_slot_lag_bytes 100
+`)); err != nil {
+		t.Error(err)
+	}
+	// A second scraper within slotLagMaxAge gets the same sample.
+	if v := testutil.ToFloat64(&m.slotLag); v != 100 || calls != 1 {
+		t.Fatalf("second scrape: lag %v after %d samples, want 100 after 1", v, calls)
+	}
+	m.slotLag.at = m.slotLag.at.Add(-slotLagMaxAge)
+	if v := testutil.ToFloat64(&m.slotLag); v != 200 || calls != 2 {
+		t.Fatalf("scrape after slotLagMaxAge: lag %v after %d samples, want 200 after 2", v, calls)
+	}
+	m.slotLag.at, fail = m.slotLag.at.Add(-slotLagMaxAge), errors.New("connection refused")
+	if n := testutil.CollectAndCount(&m.slotLag); n != 0 || calls != 3 {
+		t.Fatalf("failed sample: %d series after %d samples, want none after 3", n, calls)
 	}
 }
 

@@ -16,21 +16,40 @@ import (
 )
 
 var descSlotLag = prometheus.NewDesc("relay_slot_lag_bytes",
-	"WAL Postgres retains for the slot: pg_current_wal_lsn() - confirmed_flush_lsn, sampled periodically.", nil, nil)
+	"WAL Postgres retains for the slot: pg_current_wal_lsn() - confirmed_flush_lsn, sampled when scraped.", nil, nil)
 
-// slotLag holds the newest sample. It exports nothing until a sample
-// succeeds, and stops exporting when sampling fails, so a dashboard shows a
-// gap rather than a stale number.
+// slotLag samples the slot's lag when Prometheus collects it, on a
+// connection of its own kept between scrapes. A periodic sampler would wake
+// an idle relay for a query whether or not anybody scrapes; at scrape time the
+// query costs what the scraper asked for. A sample younger than slotLagMaxAge
+// is reused, so that several scrapers cost one query between them. It exports
+// nothing until a sample succeeds, and nothing while sampling fails, so a
+// dashboard shows a gap rather than a stale number.
 type slotLag struct {
-	mu    sync.Mutex
-	valid bool
-	bytes int64
+	mu     sync.Mutex
+	sample func(context.Context) (int64, error) // nil: set only by set
+	at     time.Time                            // of the newest sample, successful or not
+	valid  bool
+	bytes  int64
 }
+
+// slotLagMaxAge is how long a sample answers scrapes; slotLagTimeout bounds a
+// sample, well inside Prometheus' default scrape timeout of 10s.
+const (
+	slotLagMaxAge  = 5 * time.Second
+	slotLagTimeout = 3 * time.Second
+)
 
 func (s *slotLag) Describe(ch chan<- *prometheus.Desc) { ch <- descSlotLag }
 
 func (s *slotLag) Collect(ch chan<- prometheus.Metric) {
 	s.mu.Lock()
+	if s.sample != nil && time.Since(s.at) >= slotLagMaxAge {
+		ctx, cancel := context.WithTimeout(context.Background(), slotLagTimeout)
+		v, err := s.sample(ctx)
+		cancel()
+		s.at, s.valid, s.bytes = time.Now(), err == nil, v
+	}
 	valid, v := s.valid, s.bytes
 	s.mu.Unlock()
 	if valid {
@@ -69,44 +88,28 @@ func ReadSlotLag(ctx context.Context, conn *pgx.Conn, slot string) (int64, error
 	return *lag, nil
 }
 
-// SampleSlotLag samples relay_slot_lag_bytes every interval on a regular
-// connection to pg until ctx is done. Failures are logged once per change of
-// state and retried with a fresh connection on the next tick: a metrics
-// problem must never stop the relay.
-func (m *Metrics) SampleSlotLag(ctx context.Context, pg config.Postgres, interval time.Duration, log zerolog.Logger) {
+// SampleSlotLag makes relay_slot_lag_bytes be sampled on a regular
+// connection to pg whenever it is scraped, and returns the func that closes
+// that connection. Failures are logged once per change of state and retried
+// with a fresh connection at the next scrape: a metrics problem must never
+// stop the relay.
+func (m *Metrics) SampleSlotLag(pg config.Postgres, log zerolog.Logger) (stop func()) {
 	var conn *pgx.Conn
-	defer func() { closeConn(conn) }()
 	var lastErr string
 	warned := false
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
-		}
-		err := m.sampleOnce(ctx, &conn, pg, interval)
-		next := interval
-		if errors.Is(err, errNoSlot) {
-			// The relay creates the slot moments after start; a quick
-			// retry on the open connection shows the lag from then on.
-			next = min(interval, time.Second)
-		}
-		timer.Reset(next)
+	sample := func(ctx context.Context) (int64, error) {
+		lag, err := readSlotLag(ctx, &conn, pg)
 		switch {
-		case ctx.Err() != nil:
-			return
 		case err != nil:
-			m.slotLag.set(0, false)
 			msg := pg.URL.RedactError(err)
 			if msg != lastErr {
 				ev := log.Warn()
+				// The relay creates the slot moments after start.
 				warned = !errors.Is(err, errNoSlot)
 				if !warned {
 					ev = log.Debug()
 				}
-				ev.Str("error", msg).Str("slot", pg.Slot).Msg("cannot sample slot lag for relay_slot_lag_bytes; retrying")
+				ev.Str("error", msg).Str("slot", pg.Slot).Msg("cannot sample slot lag for relay_slot_lag_bytes; retrying at the next scrape")
 				lastErr = msg
 			}
 		case lastErr != "":
@@ -115,31 +118,36 @@ func (m *Metrics) SampleSlotLag(ctx context.Context, pg config.Postgres, interva
 			}
 			lastErr, warned = "", false
 		}
+		return lag, err
+	}
+	m.slotLag.mu.Lock()
+	m.slotLag.sample, m.slotLag.at = sample, time.Time{}
+	m.slotLag.mu.Unlock()
+	return func() {
+		m.slotLag.mu.Lock()
+		defer m.slotLag.mu.Unlock()
+		m.slotLag.sample, m.slotLag.valid = nil, false
+		closeConn(conn)
+		conn = nil
 	}
 }
 
-func (m *Metrics) sampleOnce(ctx context.Context, conn **pgx.Conn, pg config.Postgres, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, max(timeout, 5*time.Second))
-	defer cancel()
+// readSlotLag samples the lag on *conn, connecting first if it is nil and
+// dropping it after an error that may have broken it.
+func readSlotLag(ctx context.Context, conn **pgx.Conn, pg config.Postgres) (int64, error) {
 	if *conn == nil {
 		c, err := logrepl.Connect(ctx, pg)
 		if err != nil {
-			return fmt.Errorf("connecting to postgres %s: %w", pg.URL.Redacted(), err)
+			return 0, fmt.Errorf("connecting to postgres %s: %w", pg.URL.Redacted(), err)
 		}
 		*conn = c
 	}
 	lag, err := ReadSlotLag(ctx, *conn, pg.Slot)
 	if err != nil && !errors.Is(err, errNoSlot) {
-		// The connection may be broken; the next tick starts afresh.
 		closeConn(*conn)
 		*conn = nil
-		return err
 	}
-	if err != nil {
-		return err
-	}
-	m.slotLag.set(lag, true)
-	return nil
+	return lag, err
 }
 
 // closeConn bounds the goodbye: the server may be unreachable.
