@@ -61,6 +61,8 @@ type Tracker struct {
 
 	space    chan struct{} // signalled after acks free capacity or change what is confirmable
 	progress chan struct{} // signalled when Acked moves
+	countAt  uint64        // signal counted once ackedEvents reaches it; 0: not armed
+	counted  chan struct{}
 }
 
 type mark struct {
@@ -84,6 +86,7 @@ func New(maxEvents, maxBytes int, start pglogrepl.LSN) *Tracker {
 		durable:   start,
 		space:     make(chan struct{}, 1),
 		progress:  make(chan struct{}, 1),
+		counted:   make(chan struct{}, 1),
 	}
 }
 
@@ -145,12 +148,19 @@ func (t *Tracker) Ack(seq uint64) {
 		t.ackedEvents++
 		moved = true
 	}
+	reached := false
 	if moved {
 		advanced = t.passMarks()
+		if t.countAt != 0 && t.ackedEvents >= t.countAt {
+			t.countAt, reached = 0, true
+		}
 	}
 	t.mu.Unlock()
 	if moved {
 		signal(t.space)
+	}
+	if reached {
+		signal(t.counted)
 	}
 	if advanced {
 		signal(t.progress)
@@ -233,6 +243,27 @@ func (t *Tracker) Acked() pglogrepl.LSN {
 // Progress is signalled when Acked moves; meant for the single goroutine
 // that writes progress records.
 func (t *Tracker) Progress() <-chan struct{} { return t.progress }
+
+// WhenAcked returns a channel signalled once n events in all have been
+// acked since the process started (Stats.AckedEvents), at once if they have.
+// It replaces the previous call's request, and a signal that call left
+// unread is dropped. It lets the progress writer wait for a count without
+// waking on every ack; meant for that single goroutine.
+func (t *Tracker) WhenAcked(n uint64) <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	select {
+	case <-t.counted:
+	default:
+	}
+	if t.ackedEvents >= n {
+		t.countAt = 0
+		t.counted <- struct{}{}
+	} else {
+		t.countAt = n
+	}
+	return t.counted
+}
 
 // MarkDurable records that a progress record for lsn is in Kafka. Positions
 // beyond Acked are refused (a record can only vouch for acked events), and

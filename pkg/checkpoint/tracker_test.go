@@ -228,3 +228,42 @@ func TestResetAbandonsInFlight(t *testing.T) {
 		t.Fatalf("acked %s attempt %d", tr.Acked(), tr.Stats().Attempt)
 	}
 }
+
+func TestWhenAckedSignalsOnceAtTheCount(t *testing.T) {
+	tr := New(8, 1<<20, 0)
+	seqs := make([]uint64, 4)
+	for i := range seqs {
+		seqs[i], _ = tr.TryReserve(1)
+	}
+	ch := tr.WhenAcked(3)
+	signalled := func() bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	tr.Ack(seqs[1]) // above the watermark: not counted yet
+	tr.Ack(seqs[0])
+	if signalled() {
+		t.Fatal("signalled at 2 acked events, want 3")
+	}
+	tr.Ack(seqs[2])
+	if !signalled() {
+		t.Fatal("not signalled at 3 acked events")
+	}
+	tr.Ack(seqs[3])
+	if signalled() {
+		t.Fatal("signalled again after the count was reached")
+	}
+	// A count already reached is signalled at once, and a new request
+	// drops the signal an earlier one left unread.
+	if ch = tr.WhenAcked(2); !signalled() {
+		t.Fatal("count already reached: not signalled")
+	}
+	tr.WhenAcked(4)
+	if ch = tr.WhenAcked(10); signalled() {
+		t.Fatal("an earlier request's signal was kept")
+	}
+}

@@ -452,17 +452,19 @@ func (p *Pipeline) writeProgress(ctx, stop context.Context, streamDone <-chan st
 			return nil
 		}
 		for {
-			wait := recordWait(time.Now(), last, tr.Stats().AckedEvents-lastEvents, stopping == nil)
+			events := tr.Stats().AckedEvents - lastEvents
+			wait := recordWait(time.Now(), last, events, stopping == nil)
 			if wait <= 0 {
 				break
 			}
 			var acks <-chan struct{}
-			if time.Since(last) >= confirmGap {
-				// Waiting for enough events: count them again as acks
-				// arrive. They come from the producer's goroutine on a
-				// thread already awake, where a poll timer would wake one
-				// of its own.
-				acks = tr.Progress()
+			if stopping != nil && events < recordEvents {
+				// Waiting for enough events: the tracker says when
+				// they are acked, from the producer's goroutine on a
+				// thread already awake, where a poll timer would wake
+				// one of its own and a wake-up per ack would cost one
+				// per event.
+				acks = tr.WhenAcked(lastEvents + recordEvents)
 			}
 			timer.Reset(wait)
 			select {
@@ -506,15 +508,15 @@ func (p *Pipeline) newTxnProducer(base checkpoint.Record, obs sink.Observer) (*s
 
 // recordWait is how long the progress writer waits before writing a record,
 // given the previous record's time and the events acked since: zero or less
-// means now.
+// means now. Fewer than recordEvents events wait for more (the caller wakes
+// when they are acked) up to recordMaxGap; enough of them, or a stop, wait
+// out confirmGap.
 func recordWait(now, last time.Time, events uint64, stopping bool) time.Duration {
-	if wait := last.Add(confirmGap).Sub(now); wait > 0 {
-		return wait
-	}
+	due := last.Add(recordMaxGap)
 	if stopping || events >= recordEvents {
-		return 0
+		due = last.Add(confirmGap)
 	}
-	return last.Add(recordMaxGap).Sub(now)
+	return due.Sub(now)
 }
 
 // confirmGap spaces progress records while acks move: a crash re-sends at

@@ -20,6 +20,7 @@ func TestRecordWait(t *testing.T) {
 		{"never sooner than the gap", at(5 * time.Millisecond), last, 1000, false, confirmGap - 5*time.Millisecond},
 		{"not sooner than the gap when stopping either", at(5 * time.Millisecond), last, 1, true, confirmGap - 5*time.Millisecond},
 		{"enough events after the gap", at(confirmGap), last, recordEvents, false, 0},
+		{"a trickle inside the gap waits for more, not for the gap", at(5 * time.Millisecond), last, 1, false, recordMaxGap - 5*time.Millisecond},
 		{"a trickle waits for more, at most the longest gap", at(confirmGap), last, 1, false, recordMaxGap - confirmGap},
 		{"a trickle waits at most the longest gap", at(recordMaxGap - 10*time.Millisecond), last, 1, false, 10 * time.Millisecond},
 		{"a trickle is written after the longest gap", at(recordMaxGap), last, 1, false, 0},
