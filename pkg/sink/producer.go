@@ -219,15 +219,17 @@ func newProducer(c cluster, sc *sarama.Config, k config.Kafka, ack Acker, obs Ob
 	}
 }
 
-// produceVersion is the newest produce request version the configured Kafka
-// version speaks, as sarama's own producer picks it; each broker connection
-// lowers it further to what that broker advertises.
+// produceVersion is the produce request version for the configured Kafka
+// version: what sarama's own producer would pick, but at most v8 (Kafka
+// 2.4). Later versions change only the encoding (v9 is flexible: compact
+// strings and tagged fields) and add fields this producer does not read (v10
+// names a partition's new leader, which it takes from fresh metadata anyway);
+// sarama encodes a one-record request at v9 with 59 allocations instead of 49
+// and about 7% more CPU, and v10 costs 19% more. Brokers 4.x still accept v3
+// and later. Each broker connection lowers the version further to what that
+// broker advertises.
 func produceVersion(v sarama.KafkaVersion) int16 {
 	switch {
-	case v.IsAtLeast(sarama.V3_7_0_0):
-		return 10
-	case v.IsAtLeast(sarama.V2_8_0_0):
-		return 9
 	case v.IsAtLeast(sarama.V2_4_0_0):
 		return 8
 	case v.IsAtLeast(sarama.V2_1_0_0):
