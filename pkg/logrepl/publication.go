@@ -29,18 +29,12 @@ type PublicationState struct {
 	Filtered []config.Table
 }
 
-// ReadPublication reads the publication's state on a regular connection.
+// ReadPublication reads the publication's state on a regular connection, in
+// one round trip: the watch repeats it every few seconds.
 func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []config.Table) (PublicationState, error) {
 	var ps PublicationState
-	err := conn.QueryRow(ctx, "SELECT pubinsert, pubupdate, pubviaroot FROM pg_publication WHERE pubname = $1", name).
-		Scan(&ps.Inserts, &ps.Updates, &ps.ViaRoot)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ps, nil
-	}
-	if err != nil {
-		return ps, classify(fmt.Errorf("reading publication %q: %w", name, err), err)
-	}
-	ps.Exists = true
+	b := &pgx.Batch{}
+	b.Queue("SELECT pubinsert, pubupdate, pubviaroot FROM pg_publication WHERE pubname = $1", name)
 	for _, t := range tables {
 		schema, table, _ := config.SplitTable(t.Table)
 		// Membership is read from pg_publication_rel (and FOR ALL TABLES /
@@ -50,8 +44,7 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []
 		// missing and ADD TABLE would fail with "already member". A table
 		// is also published through a published ancestor (it is then a
 		// partition itself).
-		var in, partitioned, filtered bool
-		err := conn.QueryRow(ctx, `SELECT c.relkind = 'p',
+		b.Queue(`SELECT c.relkind = 'p',
 				EXISTS (SELECT 1 FROM pg_publication_rel pr
 					WHERE pr.prpubid = p.oid AND pr.prrelid = c.oid AND pr.prqual IS NOT NULL),
 				p.puballtables
@@ -61,7 +54,27 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []
 					WHERE pn.pnpubid = p.oid AND pn.pnnspid = c.relnamespace)
 			FROM pg_publication p, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE p.pubname = $1 AND n.nspname = $2 AND c.relname = $3`,
-			name, schema, table).Scan(&partitioned, &filtered, &in)
+			name, schema, table)
+	}
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	fail := func(err error) (PublicationState, error) {
+		return PublicationState{}, classify(fmt.Errorf("reading publication %q: %w", name, err), err)
+	}
+	err := br.QueryRow().Scan(&ps.Inserts, &ps.Updates, &ps.ViaRoot)
+	if errors.Is(err, pgx.ErrNoRows) {
+		if err := br.Close(); err != nil {
+			return fail(err)
+		}
+		return PublicationState{}, nil
+	}
+	if err != nil {
+		return fail(err)
+	}
+	ps.Exists = true
+	for _, t := range tables {
+		var in, partitioned, filtered bool
+		err := br.QueryRow().Scan(&partitioned, &filtered, &in)
 		if errors.Is(err, pgx.ErrNoRows) {
 			// No such table (CheckTable names it): it is not in the
 			// publication either.
@@ -69,7 +82,7 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []
 			continue
 		}
 		if err != nil {
-			return ps, classify(fmt.Errorf("reading publication %q: %w", name, err), err)
+			return fail(err)
 		}
 		if !in {
 			ps.Missing = append(ps.Missing, t)
@@ -80,6 +93,9 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string, tables []
 		if filtered {
 			ps.Filtered = append(ps.Filtered, t)
 		}
+	}
+	if err := br.Close(); err != nil {
+		return fail(err)
 	}
 	return ps, nil
 }
