@@ -89,11 +89,14 @@ type Stream struct {
 	waiting bool
 }
 
-// confirmGap is how soon after acks move the confirmable position it is sent
-// to Postgres. Confirming promptly keeps the re-sent tail after a crash down to
-// what Kafka had not acked; the gap keeps status traffic to a few dozen small
-// writes a second under load.
-const confirmGap = 20 * time.Millisecond
+// confirmGap spaces the reports of durable positions: the first after a
+// quiet spell goes at once, later ones at most every gap (or at the status
+// interval if that is sooner). Confirming the slot is only about the WAL
+// Postgres keeps, since a restart resumes from the progress record when the
+// slot is behind it, so a second's lag costs nothing; reporting every
+// progress record instead, up to 50 a second under load, cost the relay and
+// its walsender a write and a wake-up each.
+const confirmGap = time.Second
 
 // idleStatus is how often an unchanged position is reported all the same
 // (pg_recvlogical's default status interval). A status is the walsender's
