@@ -185,3 +185,28 @@ func TestDialFuncWraps(t *testing.T) {
 		t.Fatalf("DialFunc over a failing dial = %v, %v; want nil and the dial's error", c, err)
 	}
 }
+
+// TestReadWriteDoNotAllocate pins what the wrapper is for on the steady
+// path: an event costs a read and a write per connection, and a callback
+// built per call would escape through the RawConn interface.
+func TestReadWriteDoNotAllocate(t *testing.T) {
+	c, s := pair(t)
+	out, in := []byte("status update"), make([]byte, 64)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := c.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, in[:len(out)]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, in[:len(out)]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a write and a read through the wrapper allocate %.0f times, want none", allocs)
+	}
+}
