@@ -67,6 +67,10 @@ type Stream struct {
 	// Tables are the outbox tables, named in the fix when the publication
 	// goes missing.
 	Tables []config.Table
+	// Beat, if set, is signalled (without blocking) after every status
+	// update, for periodic work that should share the stream's wake-ups
+	// rather than wake an idle relay on its own: WatchPublication.
+	Beat chan<- struct{}
 
 	conn      *pgconn.PgConn
 	catalog   *pgx.Conn // regular connection for catalog lookups, opened when first needed
@@ -478,6 +482,12 @@ func (s *Stream) sendStatus(reply bool) error {
 	s.sentAt = time.Now()
 	s.nextStat = s.sentAt.Add(s.Pipeline.StatusInterval)
 	s.touch()
+	if s.Beat != nil {
+		select {
+		case s.Beat <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
 

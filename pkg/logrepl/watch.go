@@ -16,15 +16,22 @@ import (
 // publication.
 const PublicationCheckInterval = 10 * time.Second
 
-// WatchPublication runs CheckPublication every interval on a regular
+// WatchPublication runs CheckPublication about every interval on a regular
 // connection until ctx or stop is done, and returns its error once it is
 // fatal. The walsender reports a dropped publication itself (an error, or on
 // PostgreSQL 18 a warning the stream stops at); a table taken out of the
 // publication, inserts no longer published or publish_via_partition_root
 // turned off leave no trace in the stream, and this is how they are noticed.
 // Trouble reaching Postgres is not the watcher's to report: the stream sees
-// it too. It is logged at debug and retried on the next tick.
-func WatchPublication(ctx, stop context.Context, pg config.Postgres, tables []config.Table, interval time.Duration, log zerolog.Logger) error {
+// it too. It is logged at debug and retried at the next check.
+//
+// With beat (Stream.Beat) the checks ride on the stream's status updates:
+// the first after four fifths of interval, or after two intervals without
+// one. An idle stream reports every 10 s, and a check of its own in between
+// would wake the relay from a cold start twice as often; a check right
+// after a status update finds the caches warm. Without beat it checks every
+// interval.
+func WatchPublication(ctx, stop context.Context, pg config.Postgres, tables []config.Table, interval time.Duration, beat <-chan struct{}, log zerolog.Logger) error {
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
@@ -33,16 +40,7 @@ func WatchPublication(ctx, stop context.Context, pg config.Postgres, tables []co
 			cancel()
 		}
 	}()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-stop.Done():
-			return nil
-		case <-tick.C:
-		}
+	return watchLoop(ctx, stop, interval, beat, time.Now, func() error {
 		err := func() error {
 			cctx, cancel := context.WithTimeout(ctx, setupTimeout)
 			defer cancel()
@@ -70,6 +68,39 @@ func WatchPublication(ctx, stop context.Context, pg config.Postgres, tables []co
 				cancel()
 				conn = nil
 			}
+		}
+		return nil
+	})
+}
+
+// watchLoop calls check on the schedule WatchPublication describes until ctx
+// or stop is done or check fails.
+func watchLoop(ctx, stop context.Context, interval time.Duration, beat <-chan struct{}, now func() time.Time, check func() error) error {
+	wait := interval
+	if beat != nil {
+		wait = 2 * interval
+	}
+	fallback := time.NewTimer(wait)
+	defer fallback.Stop()
+	last := now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-stop.Done():
+			return nil
+		case <-beat:
+			t := now()
+			if t.Sub(last) < interval*4/5 {
+				continue
+			}
+			last = t
+		case <-fallback.C:
+			last = now()
+		}
+		fallback.Reset(wait)
+		if err := check(); err != nil {
+			return err
 		}
 	}
 }

@@ -218,7 +218,8 @@ func (p *Pipeline) attempt(stop context.Context) error {
 	g, gctx := errgroup.WithContext(hard)
 	events := make(chan *decode.Event, 1024)
 	streamDone := make(chan struct{})
-	st := &logrepl.Stream{Conn: rc, PG: pg, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: p.tracker, Resume: partial, Stats: &p.stats, Log: p.log, Tables: p.cfg.Outbox}
+	beat := make(chan struct{}, 1)
+	st := &logrepl.Stream{Conn: rc, PG: pg, Pipeline: p.cfg.Pipeline, Decoder: dec, Tracker: p.tracker, Resume: partial, Stats: &p.stats, Log: p.log, Tables: p.cfg.Outbox, Beat: beat}
 	g.Go(func() error {
 		defer close(streamDone)
 		if job != nil {
@@ -272,7 +273,7 @@ func (p *Pipeline) attempt(stop context.Context) error {
 			<-streamDone
 			cancel()
 		}()
-		return logrepl.WatchPublication(wctx, stop, p.cfg.Postgres, p.cfg.Outbox, logrepl.PublicationCheckInterval, p.log)
+		return logrepl.WatchPublication(wctx, stop, p.cfg.Postgres, p.cfg.Outbox, logrepl.PublicationCheckInterval, beat, p.log)
 	})
 	g.Go(func() error {
 		err := run(gctx, events)
