@@ -119,7 +119,7 @@ func parseFlags(args []string) (*options, error) {
 	env := fs.String("relay-env", "", "environment for the relay process only, comma-separated NAME=VALUE (e.g. GOMAXPROCS=2,GOGC=100)")
 	sideRates := fs.String("sidecar-rates", "100,1000,3000", "sidecar section: everyday rates in events/s, comma-separated")
 	fs.DurationVar(&o.sidecarDuration, "sidecar-duration", 20*time.Second, "sidecar section: how long each rate runs")
-	fs.DurationVar(&o.sidecarIdle, "sidecar-idle", 30*time.Second, "sidecar section: how long the idle phase runs (CPU is counted in 10 ms ticks)")
+	fs.DurationVar(&o.sidecarIdle, "sidecar-idle", 30*time.Second, "sidecar section: how long the idle phase runs")
 	fs.IntVar(&o.sidecarRepeat, "sidecar-repeat", 3, "sidecar section: repetitions of every phase; the medians are reported")
 	fs.StringVar(&o.sidecarProfile, "sidecar-profile", "", "sidecar section: directory for one extra, uncounted run per rate that takes the relay's CPU profile (cpu-RATE.pprof) and a 1 s execution trace (trace-RATE.out) from /debug/pprof")
 	fs.IntVar(&o.memN, "mem-n", 1000000, "events in the memory section's backlog")

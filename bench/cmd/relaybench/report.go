@@ -407,7 +407,7 @@ func (r *results) sidecarMarkdown(p func(string, ...any)) {
 	p("Relay running and caught up; single-event transactions (synchronous_commit on) at %s events/s for %s each from %d connections on the latency section's pacer, and an idle phase of %s with nothing written. ",
 		strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.sidecarRates)), ","), "[]"), o.sidecarDuration, o.latencyWriters, o.sidecarIdle)
 	p("The broker (kfake) runs in a child process of its own, so its CPU is measured apart from the writers' and the consumer's. ")
-	p("CPU is user + system from /proc/<pid>/stat over the phase (10 ms ticks); relay CPU per event is relay cores / achieved rate; switches are the relay's voluntary + involuntary context switches summed over its threads (each a thread that slept or was preempted: wake-ups seen from outside). ")
+	p("The relay's CPU is its threads' time on the CPU from /proc/<pid>/task/*/schedstat (nanoseconds), the others' user + system from /proc/<pid>/stat (10 ms ticks), over the phase; relay CPU per event is relay cores / achieved rate; switches are the relay's voluntary + involuntary context switches summed over its threads (each a thread that slept or was preempted: wake-ups seen from outside). ")
 	p("Latency is COMMIT returned → an independent franz-go consumer received the record. Every phase runs %d times, the rates interleaved; the first table holds medians, the second every run. ", o.sidecarRepeat)
 	p("Targets: relay CPU per event <= 150 µs at 100/s and <= 100 µs at 1k/s, idle <= %.3f cores, p99 <= 5 ms at 1k/s and <= 20 ms at 3k/s, RSS <= %s.\n\n", targetIdleCores, mb(targetSideRSS))
 	rates, by := sidecarMedians(r.sidecar)
