@@ -79,11 +79,11 @@ func TestStatusCadence(t *testing.T) {
 
 	s = reported(t0, interval)
 	durable(t, s.Tracker, 200)
-	if s.statusDue(t0.Add(confirmGap / 2)) {
-		t.Error("a new durable position due within confirmGap of the last report")
+	if s.statusDue(t0.Add(reportGap / 2)) {
+		t.Error("a new durable position due within reportGap of the last report")
 	}
-	if !s.statusDue(t0.Add(confirmGap)) {
-		t.Error("a new durable position not due confirmGap after the last report")
+	if !s.statusDue(t0.Add(reportGap)) {
+		t.Error("a new durable position not due reportGap after the last report")
 	}
 
 	s = reported(t0, 30*time.Second)

@@ -93,14 +93,14 @@ type Stream struct {
 	waiting bool
 }
 
-// confirmGap spaces the reports of durable positions: the first after a
+// reportGap spaces the reports of durable positions: the first after a
 // quiet spell goes at once, later ones at most every gap (or at the status
 // interval if that is sooner). Confirming the slot is only about the WAL
 // Postgres keeps, since a restart resumes from the progress record when the
 // slot is behind it, so a second's lag costs nothing; reporting every
 // progress record instead, up to 50 a second under load, cost the relay and
 // its walsender a write and a wake-up each.
-const confirmGap = time.Second
+const reportGap = time.Second
 
 // idleStatus is how often an unchanged position is reported all the same
 // (pg_recvlogical's default status interval). A status is the walsender's
@@ -371,11 +371,11 @@ func (s *Stream) drain(hard context.Context) error {
 func (s *Stream) wake() time.Time {
 	confirmed := s.Tracker.Confirmed()
 	if confirmed != s.sentLSN {
-		t := s.sentAt.Add(confirmGap)
+		t := s.sentAt.Add(reportGap)
 		if now := time.Now(); t.Before(now) {
 			// Acks have not moved the position since the last report: look
 			// again a gap from now rather than spinning on short timeouts.
-			t = now.Add(confirmGap)
+			t = now.Add(reportGap)
 		}
 		if t.Before(s.nextStat) {
 			return t
@@ -446,7 +446,7 @@ func (s *Stream) statusDue(now time.Time) bool {
 	confirmed := s.Tracker.Confirmed()
 	switch {
 	case confirmed != s.sentLSN:
-		return !now.Before(s.nextStat) || now.Sub(s.sentAt) >= confirmGap
+		return !now.Before(s.nextStat) || now.Sub(s.sentAt) >= reportGap
 	case now.Before(s.nextStat):
 		return false
 	default:
