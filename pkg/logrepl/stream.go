@@ -371,21 +371,21 @@ func (s *Stream) drain(hard context.Context) error {
 func (s *Stream) wake() time.Time {
 	confirmed := s.Tracker.Confirmed()
 	if confirmed != s.sentLSN {
-		t := s.sentAt.Add(reportGap)
-		if now := time.Now(); t.Before(now) {
-			// Acks have not moved the position since the last report: look
-			// again a gap from now rather than spinning on short timeouts.
-			t = now.Add(reportGap)
-		}
-		if t.Before(s.nextStat) {
-			return t
-		}
-		return s.nextStat
+		// Past already means due: the loop reports at once, which moves
+		// sentLSN, so a past wake-up cannot repeat.
+		return minTime(s.sentAt.Add(reportGap), s.nextStat)
 	}
 	if s.waiting || s.writePosition(confirmed) != s.sentWrite {
 		return s.nextStat
 	}
 	return s.sentAt.Add(max(s.Pipeline.StatusInterval, idleStatus))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // arm sets the read deadline to at for the next read, unless a nudge came
