@@ -453,13 +453,12 @@ func (p *Pipeline) writeProgress(ctx, stop context.Context, streamDone <-chan st
 			return nil
 		}
 		for {
-			events := tr.Stats().AckedEvents - lastEvents
-			wait := recordWait(time.Now(), last, events, stopping == nil)
+			wait, forMore := recordWait(time.Now(), last, tr.Stats().AckedEvents-lastEvents, stopping == nil)
 			if wait <= 0 {
 				break
 			}
 			var acks <-chan struct{}
-			if stopping != nil && events < recordEvents {
+			if forMore {
 				// Waiting for enough events: the tracker says when
 				// they are acked, from the producer's goroutine on a
 				// thread already awake, where a poll timer would wake
@@ -509,15 +508,14 @@ func (p *Pipeline) newTxnProducer(base checkpoint.Record, obs sink.Observer) (*s
 
 // recordWait is how long the progress writer waits before writing a record,
 // given the previous record's time and the events acked since: zero or less
-// means now. Fewer than recordEvents events wait for more (the caller wakes
-// when they are acked) up to recordMaxGap; enough of them, or a stop, wait
-// out confirmGap.
-func recordWait(now, last time.Time, events uint64, stopping bool) time.Duration {
-	due := last.Add(recordMaxGap)
+// means now. Fewer than recordEvents events wait for more up to recordMaxGap
+// (forMore: the caller also wakes when they are acked); enough of them, or a
+// stop, wait out confirmGap.
+func recordWait(now, last time.Time, events uint64, stopping bool) (wait time.Duration, forMore bool) {
 	if stopping || events >= recordEvents {
-		due = last.Add(confirmGap)
+		return last.Add(confirmGap).Sub(now), false
 	}
-	return due.Sub(now)
+	return last.Add(recordMaxGap).Sub(now), true
 }
 
 // confirmGap spaces progress records while acks move: a crash re-sends at

@@ -26,7 +26,7 @@ func TestRecordWait(t *testing.T) {
 		{"a trickle is written after the longest gap", at(recordMaxGap), last, 1, false, 0},
 		{"stopping writes after the gap", at(confirmGap), last, 1, true, 0},
 	} {
-		if got := recordWait(c.now, c.last, c.events, c.stopping); got != c.want && (c.want > 0 || got > 0) {
+		if got, _ := recordWait(c.now, c.last, c.events, c.stopping); got != c.want && (c.want > 0 || got > 0) {
 			t.Errorf("%s: recordWait = %s, want %s", c.name, got, c.want)
 		}
 	}
