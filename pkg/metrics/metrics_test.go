@@ -194,7 +194,7 @@ func TestSlotLagExportedOnlyWhenSampled(t *testing.T) {
 	if n := testutil.CollectAndCount(&m.slotLag); n != 0 {
 		t.Fatalf("slot lag exported before any sample: %d series", n)
 	}
-	m.slotLag.set(4096, true)
+	lagIs(m, 4096, nil)
 	if err := testutil.CollectAndCompare(&m.slotLag, strings.NewReader(`
 # HELP relay_slot_lag_bytes WAL Postgres retains for the slot: pg_current_wal_lsn() - confirmed_flush_lsn, sampled when scraped.
 # TYPE relay_slot_lag_bytes gauge
@@ -202,10 +202,16 @@ relay_slot_lag_bytes 4096
 `)); err != nil {
 		t.Error(err)
 	}
-	m.slotLag.set(0, false)
+	lagIs(m, 0, errors.New("connection refused"))
 	if n := testutil.CollectAndCount(&m.slotLag); n != 0 {
 		t.Fatalf("stale slot lag still exported: %d series", n)
 	}
+}
+
+// lagIs makes the next scrape sample v and err.
+func lagIs(m *Metrics, v int64, err error) {
+	m.slotLag.sample = func(context.Context) (int64, error) { return v, err }
+	m.slotLag.at = time.Time{}
 }
 
 func TestSlotLagSampledWhenScraped(t *testing.T) {
@@ -239,7 +245,7 @@ func TestSlotLagSampledWhenScraped(t *testing.T) {
 func TestScrapeHasEveryName(t *testing.T) {
 	m := New("dev")
 	m.Watch(&fakeState{tr: checkpoint.New(1, 1024, 0)})
-	m.slotLag.set(1, true)
+	lagIs(m, 1, nil)
 	m.Published(event("t", "x"), time.Millisecond)
 	m.PublishError("other")
 	body := scrape(t, m)

@@ -27,7 +27,7 @@ var descSlotLag = prometheus.NewDesc("relay_slot_lag_bytes",
 // dashboard shows a gap rather than a stale number.
 type slotLag struct {
 	mu     sync.Mutex
-	sample func(context.Context) (int64, error) // nil: set only by set
+	sample func(context.Context) (int64, error) // nil until SampleSlotLag, and after its stop
 	at     time.Time                            // of the newest sample, successful or not
 	valid  bool
 	bytes  int64
@@ -55,12 +55,6 @@ func (s *slotLag) Collect(ch chan<- prometheus.Metric) {
 	if valid {
 		ch <- prometheus.MustNewConstMetric(descSlotLag, prometheus.GaugeValue, float64(v))
 	}
-}
-
-func (s *slotLag) set(v int64, valid bool) {
-	s.mu.Lock()
-	s.valid, s.bytes = valid, v
-	s.mu.Unlock()
 }
 
 // errNoSlot means the slot does not exist (yet), or has no confirmed position
