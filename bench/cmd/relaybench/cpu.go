@@ -108,11 +108,13 @@ func threadsCPU(pid int) float64 {
 		if err != nil {
 			continue
 		}
-		v, err := strconv.ParseFloat(strings.Fields(string(b) + " x")[0], 64)
-		if err != nil {
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
 			continue
 		}
-		ns += v
+		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+			ns += v
+		}
 	}
 	if ns == 0 {
 		t, _ := procCPU(pid)
