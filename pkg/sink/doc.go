@@ -1,9 +1,10 @@
 // Package sink publishes decoded outbox events to Kafka and reports each
 // acknowledgement back to the checkpoint tracker.
 //
-// The at-least-once Producer builds its produce requests itself, on sarama's
-// client and broker connections: one goroutine owns a queue per partition
-// and keeps one request in flight per broker (acks=all), so a partition's
+// The at-least-once Producer writes its own produce requests (wire.go) on
+// connections that sarama opens and authenticates, and takes leaders from
+// sarama's client: one goroutine owns a queue per partition and keeps one
+// request in flight per broker (acks=all), so a partition's
 // batches reach Kafka in the order the events were handed over, and whatever
 // arrives while a request is in flight goes in the next one. A batch the
 // broker refuses for now (a leader moving, too few replicas, a broken

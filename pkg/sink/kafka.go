@@ -27,11 +27,14 @@ type Observer interface {
 	PublishError(reason string)
 }
 
+var nilMetrics sync.Once
+
 // SaramaConfig builds the producer configuration from the relay's Kafka config.
 func SaramaConfig(k config.Kafka) (*sarama.Config, error) {
 	// sarama's built-in go-metrics histograms cost several percent of CPU per
-	// record; the relay exports its own Prometheus metrics instead.
-	gometrics.UseNilMetrics = true
+	// record; the relay exports its own Prometheus metrics instead. Set once:
+	// the goroutines of an earlier client's brokers read it.
+	nilMetrics.Do(func() { gometrics.UseNilMetrics = true })
 	sc := sarama.NewConfig()
 	// config.Load has validated k; these calls only convert it, and report
 	// the same problems for a Kafka config that did not come through Load.

@@ -14,16 +14,17 @@ import (
 	"github.com/relay-dev/relay/pkg/decode"
 )
 
-// Producer publishes events over sarama's broker connections, building the
-// produce requests itself: one goroutine owns every partition's queue and
+// Producer publishes events with produce requests of its own (wire.go), on
+// a connection per broker that sarama opens (link.go): one goroutine owns
+// every partition's queue and
 // keeps at most one request in flight per broker, so a partition's records
 // reach Kafka in the order they were handed over, and whatever arrives while
 // a request is in flight goes in the next one. sarama's AsyncProducer does
 // the same job through eight goroutines per record, which at everyday rates
 // (one event per transaction, a hundred to a few thousand a second) cost the
 // relay more CPU than everything else it does; here a record costs a
-// hand-over from the stream and the broker connection's read of the
-// response.
+// hand-over from the stream, its share of a request written into a reused
+// buffer, and the link's read of the response.
 //
 // A batch the broker refuses for a reason that can pass (no leader, not
 // enough replicas, a broken connection) is sent again, after fresh metadata
@@ -43,10 +44,6 @@ type Producer struct {
 	partitioner func(topic string) sarama.Partitioner
 	msg         sarama.ProducerMessage // what the partitioner is asked about
 	key         sarama.ByteEncoder
-	codec       sarama.CompressionCodec
-	level       int
-	version     int16
-	timeout     int32 // produce timeout, ms
 	linger      time.Duration
 	maxBatch    int // bytes of one partition's batch: kafka.max_message_bytes
 	giveUp      time.Duration
@@ -69,20 +66,46 @@ type cluster interface {
 	Close() error
 }
 
-// brokerConn is one broker's connection: sarama's *Broker.
+// brokerConn is one broker's connection: a link.
 type brokerConn interface {
-	AsyncProduce(req *sarama.ProduceRequest, cb sarama.ProduceCallback) error
+	// produce writes req; its outcome arrives on the producer's results,
+	// unless produce fails, in which case nothing of req was written.
+	produce(req *request) error
 	Close() error
 }
 
-type saramaCluster struct{ sarama.Client }
+// saramaCluster is sarama's client, for metadata, and a link of the
+// producer's own to each leader.
+type saramaCluster struct {
+	sarama.Client
+	conf    *sarama.Config
+	version int16
+	links   map[int32]*link // by broker id; only Run's goroutine uses it
+	done    chan<- result
+	quit    <-chan struct{}
+}
 
-func (c saramaCluster) leader(topic string, partition int32) (brokerConn, error) {
+func (c *saramaCluster) leader(topic string, partition int32) (brokerConn, error) {
 	b, err := c.Leader(topic, partition)
 	if err != nil {
 		return nil, err
 	}
-	return b, nil
+	l := c.links[b.ID()]
+	if l == nil || l.addr != b.Addr() {
+		if l != nil {
+			_ = l.Close()
+		}
+		l = &link{addr: b.Addr(), conf: c.conf, max: c.version, done: c.done, quit: c.quit}
+		c.links[b.ID()] = l
+	}
+	return l, nil
+}
+
+func (c *saramaCluster) Close() error {
+	for _, l := range c.links {
+		_ = l.Close()
+	}
+	return c.Client.Close()
 }
 
 type topicQueues struct {
@@ -106,24 +129,21 @@ type partQueue struct {
 }
 
 type brokerState struct {
-	conn  brokerConn
-	busy  bool
-	ready []*partQueue // queues with records not yet sent (some maybe moved or backing off)
-	since time.Time    // when the oldest record not yet sent arrived, for the linger
-	bytes int          // of the records not yet sent, for the linger
+	conn      brokerConn
+	busy      bool
+	ready     []*partQueue // queues with records not yet sent (some maybe moved or backing off)
+	since     time.Time    // when the oldest record not yet sent arrived, for the linger
+	bytes     int          // of the records not yet sent, for the linger
+	throttled time.Time    // no request before this, as the broker asked
 }
 
-// record is an event as it goes into a record batch. Embedding the header
-// storage means one allocation per event in the common case.
+// record is an event as it goes into a record batch.
 type record struct {
 	ev   *decode.Event
-	r    sarama.Record
-	ts   time.Time
+	ts   time.Time // the record's timestamp, in ms
 	at   time.Time // handed to the producer, for the latency metric
 	size int
 	slot uint16 // flight's key bucket + 1; 0: not counted per key
-	hs   [4]sarama.RecordHeader
-	hp   [4]*sarama.RecordHeader
 }
 
 func newRecord(ev *decode.Event, now time.Time) *record {
@@ -133,33 +153,24 @@ func newRecord(ev *decode.Event, now time.Time) *record {
 		r.ts = now
 	}
 	r.ts = r.ts.Truncate(time.Millisecond)
-	r.r.Key, r.r.Value = ev.Key, ev.Value
-	if n := len(ev.Headers); n > 0 {
-		hs, hp := r.hs[:0], r.hp[:0]
-		if n > len(r.hs) {
-			hs, hp = make([]sarama.RecordHeader, 0, n), make([]*sarama.RecordHeader, 0, n)
-		}
-		for _, h := range ev.Headers {
-			hs = append(hs, sarama.RecordHeader{Key: headerKey(h.Key), Value: h.Value})
-		}
-		for i := range hs {
-			hp = append(hp, &hs[i])
-		}
-		r.r.Headers = hp
-	}
 	return r
 }
 
-// request is a produce request in flight: the queues it carries a batch of.
+// request is a produce request: a batch from each of its queues, and what
+// the broker said of each.
 type request struct {
-	b     *brokerState
-	parts []*partQueue
+	b        *brokerState
+	parts    []*partQueue
+	batches  []wireBatch // batches[i] is parts[i]'s until encoded, then grouped by topic
+	errs     []error     // of batches[i]
+	corr     int32
+	version  int16
+	throttle int32 // ms the broker asks the next request to wait
 }
 
 type result struct {
-	req  *request
-	resp *sarama.ProduceResponse
-	err  error
+	req *request
+	err error // the connection failed: none of the batches' outcome is known
 }
 
 // maxRequestBytes bounds a produce request across its partitions' batches;
@@ -195,7 +206,10 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	return newProducer(saramaCluster{client}, sc, k, ack, obs, log), nil
+	c := &saramaCluster{Client: client, conf: sc, version: produceVersion(sc.Version), links: map[int32]*link{}}
+	p := newProducer(c, sc, k, ack, obs, log)
+	c.done, c.quit = p.results, p.quit
+	return p, nil
 }
 
 func newProducer(c cluster, sc *sarama.Config, k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) *Producer {
@@ -204,10 +218,6 @@ func newProducer(c cluster, sc *sarama.Config, k config.Kafka, ack Acker, obs Ob
 		unpub:       newUnpublishable(k, obs, log, c.Partitions),
 		fl:          newFlight(),
 		partitioner: sc.Producer.Partitioner,
-		codec:       sc.Producer.Compression,
-		level:       sc.Producer.CompressionLevel,
-		version:     produceVersion(sc.Version),
-		timeout:     int32(sc.Producer.Timeout / time.Millisecond), //nolint:gosec // G115: a validated timeout of seconds
 		linger:      k.Linger,
 		maxBatch:    k.MaxMessageBytes,
 		giveUp:      deliveryTimeout,
@@ -222,12 +232,11 @@ func newProducer(c cluster, sc *sarama.Config, k config.Kafka, ack Acker, obs Ob
 // produceVersion is the produce request version for the configured Kafka
 // version: what sarama's own producer would pick, but at most v8 (Kafka
 // 2.4). Later versions change only the encoding (v9 is flexible: compact
-// strings and tagged fields) and add fields this producer does not read (v10
-// names a partition's new leader, which it takes from fresh metadata anyway);
-// sarama encodes a one-record request at v9 with 59 allocations instead of 49
-// and about 7% more CPU, and v10 costs 19% more. Brokers 4.x still accept v3
-// and later. Each broker connection lowers the version further to what that
-// broker advertises.
+// strings and tagged fields, which wire.go does not write) and add fields
+// this producer does not read (v10 names a partition's new leader, which it
+// takes from fresh metadata anyway). Brokers 4.x still accept v3 and later.
+// Each broker connection lowers the version further to what that broker
+// advertises.
 func produceVersion(v sarama.KafkaVersion) int16 {
 	switch {
 	case v.IsAtLeast(sarama.V2_4_0_0):
@@ -512,19 +521,15 @@ func (p *Producer) flush(now time.Time) (time.Time, error) {
 				continue
 			}
 		}
-		if req, pr := p.build(b); req != nil {
+		if b.throttled.After(now) {
+			soonest(b.throttled)
+			continue
+		}
+		if req := p.build(b); req != nil {
 			b.busy = true
-			err := b.conn.AsyncProduce(req, func(resp *sarama.ProduceResponse, err error) {
-				// On the broker's response goroutine, which must not wait
-				// for Run once Run has returned.
-				select {
-				case p.results <- result{req: pr, resp: resp, err: err}:
-				case <-p.quit:
-				}
-			})
-			if err != nil {
+			if err := b.conn.produce(req); err != nil {
 				// Not sent, so nothing of it can be in Kafka.
-				if err := p.settle(result{req: pr, err: err}); err != nil {
+				if err := p.settle(result{req: req, err: err}); err != nil {
 					return time.Time{}, err
 				}
 			}
@@ -538,9 +543,8 @@ func (p *Producer) flush(now time.Time) (time.Time, error) {
 
 // build takes, for each queue ready on b, a batch of its records not yet
 // sent, up to maxBatch bytes each and maxRequestBytes in all.
-func (p *Producer) build(b *brokerState) (*sarama.ProduceRequest, *request) {
-	var req *sarama.ProduceRequest
-	pr := &request{b: b}
+func (p *Producer) build(b *brokerState) *request {
+	var req *request
 	total, left := 0, 0
 	keep := b.ready[:0]
 	for _, q := range b.ready {
@@ -561,14 +565,14 @@ func (p *Producer) build(b *brokerState) (*sarama.ProduceRequest, *request) {
 			}
 			continue
 		}
-		batch, n, size := p.batch(q.pending)
+		n, size := p.batch(q.pending)
 		total += size
 		q.sent = n
 		if req == nil {
-			req = &sarama.ProduceRequest{RequiredAcks: sarama.WaitForAll, Timeout: p.timeout, Version: p.version}
+			req = &request{b: b}
 		}
-		req.AddBatch(q.topic, q.id, batch)
-		pr.parts = append(pr.parts, q)
+		req.parts = append(req.parts, q)
+		req.batches = append(req.batches, wireBatch{topic: q.topic, partition: q.id, records: q.pending[:n]})
 		if n < len(q.pending) {
 			keep = append(keep, q)
 			for _, r := range q.pending[n:] {
@@ -584,38 +588,25 @@ func (p *Producer) build(b *brokerState) (*sarama.ProduceRequest, *request) {
 	if left > 0 {
 		b.since = time.Time{} // what is left goes with the next request, lingered already
 	}
-	return req, pr
+	if req != nil {
+		req.errs = make([]error, len(req.batches))
+	}
+	return req
 }
 
 // batchOverhead is a v2 record batch's header, which the broker counts
 // against the topic's max.message.bytes along with the records.
 const batchOverhead = 61
 
-// batch builds a record batch of the first records of rs, up to maxBatch
-// bytes (at least one record).
-func (p *Producer) batch(rs []*record) (*sarama.RecordBatch, int, int) {
+// batch counts how many of the first records of rs go in one batch, up to
+// maxBatch bytes (at least one record), and their size.
+func (p *Producer) batch(rs []*record) (int, int) {
 	n, size := 0, 0
 	for n < len(rs) && (n == 0 || size+rs[n].size <= p.maxBatch-batchOverhead) {
 		size += rs[n].size
 		n++
 	}
-	first := rs[0].ts
-	b := &sarama.RecordBatch{
-		Version: 2, Codec: p.codec, CompressionLevel: p.level,
-		FirstTimestamp: first, MaxTimestamp: first,
-		ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1,
-		LastOffsetDelta: int32(n - 1),
-		Records:         make([]*sarama.Record, n),
-	}
-	for i, r := range rs[:n] {
-		r.r.OffsetDelta = int64(i)
-		r.r.TimestampDelta = r.ts.Sub(first)
-		if r.ts.After(b.MaxTimestamp) {
-			b.MaxTimestamp = r.ts
-		}
-		b.Records[i] = &r.r
-	}
-	return b, n, size
+	return n, size
 }
 
 // settle applies a request's outcome: acknowledged batches are acked,
@@ -623,22 +614,23 @@ func (p *Producer) batch(rs []*record) (*sarama.RecordBatch, int, int) {
 func (p *Producer) settle(res result) error {
 	b := res.req.b
 	b.busy = false
+	if res.req.throttle > 0 {
+		// The broker mutes the connection for that long (KIP-219):
+		// waiting spares it requests it would only hold.
+		b.throttled = time.Now().Add(time.Duration(res.req.throttle) * time.Millisecond)
+	}
 	if res.err != nil {
 		// The connection is broken or unusable: closing it makes the next
 		// leader lookup open it afresh.
 		_ = b.conn.Close()
 	}
 	now := time.Now()
-	for _, q := range res.req.parts {
+	for i, q := range res.req.parts {
 		n := q.sent
 		q.sent = 0
 		err := res.err
 		if err == nil {
-			if blk := res.resp.GetBlock(q.topic, q.id); blk == nil {
-				err = sarama.ErrIncompleteResponse
-			} else if blk.Err != sarama.ErrNoError {
-				err = blk.Err
-			}
+			err = res.req.errs[i]
 		}
 		if err == nil {
 			for _, r := range q.pending[:n] {

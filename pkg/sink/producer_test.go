@@ -55,7 +55,7 @@ func TestNewItemPartitionsAsJava(t *testing.T) {
 
 // BenchmarkBuildRecord measures turning a decoded event into the record that
 // goes into a batch and choosing its partition: one allocation, the record
-// itself (its headers live inside it).
+// itself.
 func BenchmarkBuildRecord(b *testing.B) {
 	ev := benchEvent()
 	p := explicitOr(newMurmur2Partitioner)("outbox.event.Order")
@@ -65,7 +65,7 @@ func BenchmarkBuildRecord(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		r := newRecord(ev, now)
-		key = r.r.Key
+		key = r.ev.Key
 		msg.Topic, msg.Key = ev.Topic, &key
 		if _, err := p.Partition(&msg, 12); err != nil {
 			b.Fatal(err)
@@ -125,13 +125,14 @@ type tp struct {
 // sentRequest is what a request carried, by partition, in order.
 type sentRequest struct {
 	seqs map[tp][]uint64
-	cb   sarama.ProduceCallback
+	req  *request
+	p    *Producer
 }
 
-// AsyncProduce runs on Run's goroutine, so it may read the producer's
-// queues: the records of a partition that are in flight are its batch.
-func (b *fakeBroker) AsyncProduce(_ *sarama.ProduceRequest, cb sarama.ProduceCallback) error {
-	s := &sentRequest{seqs: map[tp][]uint64{}, cb: cb}
+// produce runs on Run's goroutine, so it may read the producer's queues:
+// the records of a partition that are in flight are its batch.
+func (b *fakeBroker) produce(req *request) error {
+	s := &sentRequest{seqs: map[tp][]uint64{}, req: req, p: b.p}
 	for topic, tq := range b.p.topics {
 		for id, q := range tq.parts {
 			for _, r := range q.pending[:q.sent] {
@@ -143,15 +144,20 @@ func (b *fakeBroker) AsyncProduce(_ *sarama.ProduceRequest, cb sarama.ProduceCal
 	return nil
 }
 
+// fail breaks the connection the request went on.
+func (s *sentRequest) fail(err error) { s.p.results <- result{req: s.req, err: err} }
+
 func (b *fakeBroker) Close() error { return nil }
 
 // answer gives every partition of the request the same error code.
 func (s *sentRequest) answer(kerr sarama.KError) {
-	resp := &sarama.ProduceResponse{}
-	for k := range s.seqs {
-		resp.AddTopicPartition(k.topic, k.part, kerr)
+	for i := range s.req.errs {
+		s.req.errs[i] = nil
+		if kerr != sarama.ErrNoError {
+			s.req.errs[i] = kerr
+		}
 	}
-	s.cb(resp, nil)
+	s.p.results <- result{req: s.req}
 }
 
 type acks struct {
@@ -261,7 +267,7 @@ func TestProducerRetryKeepsOrder(t *testing.T) {
 		t.Fatalf("after NOT_LEADER: %v, want 1 again, then 2", r2.seqs)
 	}
 	// A broken connection is retried too.
-	r2.cb(nil, io.ErrUnexpectedEOF)
+	r2.fail(io.ErrUnexpectedEOF)
 	r3 := next(t, b)
 	if !slices.Equal(r3.seqs[p0], []uint64{1, 2}) {
 		t.Fatalf("after a broken connection: %v", r3.seqs)
@@ -354,7 +360,7 @@ func TestProducerOutageAsksOnce(t *testing.T) {
 		t.Fatalf("first request after the queueing: %v, want all four partitions", r.seqs)
 	}
 	_, leadersBefore := c.counts()
-	r.cb(nil, io.ErrUnexpectedEOF) // the connection breaks: all four retry
+	r.fail(io.ErrUnexpectedEOF) // the connection breaks: all four retry
 	waitUntil(t, "two retry rounds", func() bool { n, _ := c.counts(); return n >= 2 })
 	if _, leaders := c.counts(); leaders != leadersBefore {
 		t.Errorf("%d leader lookups while metadata failed", leaders-leadersBefore)
