@@ -171,7 +171,7 @@ func (l *link) read(s *session) {
 			default:
 				body = grow(body, int(size-4))
 				if _, err = io.ReadFull(s.r, body); err == nil {
-					req.throttle, err = produceResult(body, req.version, req.batches, req.errs)
+					err = req.readResponse(body)
 				}
 			}
 		}

@@ -163,6 +163,7 @@ type request struct {
 	parts    []*partQueue
 	batches  []wireBatch // batches[i] is parts[i]'s until encoded, then grouped by topic
 	errs     []error     // of batches[i]
+	offsets  []int64     // of batches[i], when wanted
 	corr     int32
 	version  int16
 	throttle int32 // ms the broker asks the next request to wait

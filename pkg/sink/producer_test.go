@@ -253,6 +253,31 @@ func TestProducerBatchesWhileInFlight(t *testing.T) {
 	}
 }
 
+// TestProducerWaitsOutThrottle: a broker that asks for a pause (its quota's
+// throttle time) gets no request before the pause is over.
+func TestProducerWaitsOutThrottle(t *testing.T) {
+	_, b, a, in, done := testProducer(t, config.Default().Kafka, 1)
+	in <- keyed(1, "k")
+	r1 := next(t, b)
+	const pause = 300 * time.Millisecond
+	r1.req.throttle = int32(pause / time.Millisecond)
+	answered := time.Now()
+	r1.answer(sarama.ErrNoError)
+	in <- keyed(2, "k")
+	r2 := next(t, b)
+	if waited := time.Since(answered); waited < pause {
+		t.Fatalf("second request %v after a throttled response, want %v", waited, pause)
+	}
+	r2.answer(sarama.ErrNoError)
+	close(in)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := a.got(); !slices.Equal(got, []uint64{1, 2}) {
+		t.Fatalf("acked %v", got)
+	}
+}
+
 // TestProducerRetryKeepsOrder: a batch refused for now is sent again before
 // anything later of its partition, and nothing later goes ahead of it.
 func TestProducerRetryKeepsOrder(t *testing.T) {

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
 
 	"github.com/relay-dev/relay/pkg/checkpoint"
 	"github.com/relay-dev/relay/pkg/config"
+	"github.com/relay-dev/relay/pkg/decode"
 )
 
 // ProgressStore keeps the relay's progress records in a compacted Kafka
@@ -20,9 +22,14 @@ import (
 type ProgressStore struct {
 	topic    string
 	client   sarama.Client
-	version  int16 // of the produce requests
-	timeout  int32 // produce timeout, ms
-	writable bool  // opened with create: Load may write a probe record
+	conf     *sarama.Config
+	writable bool // opened with create: Load may write a probe record
+
+	mu      sync.Mutex // one record at a time on the link
+	link    *link      // to partition 0's leader
+	results chan result
+	quit    chan struct{}
+	closed  sync.Once
 }
 
 // progressTopicConfig makes the topic keep the newest record per key and
@@ -60,8 +67,8 @@ func OpenProgress(k config.Kafka, create bool) (*ProgressStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &ProgressStore{topic: k.ProgressTopic, client: client, writable: create,
-		version: produceVersion(sc.Version), timeout: int32(sc.Producer.Timeout / time.Millisecond)} //nolint:gosec // G115: seconds
+	s := &ProgressStore{topic: k.ProgressTopic, client: client, conf: sc, writable: create,
+		results: make(chan result, 1), quit: make(chan struct{})}
 	if !create {
 		if !s.exists() {
 			client.Close()
@@ -134,7 +141,15 @@ func (s *ProgressStore) ensureTopic() error {
 
 // Close releases the store's connections.
 func (s *ProgressStore) Close() {
-	_ = s.client.Close()
+	s.closed.Do(func() {
+		close(s.quit)
+		s.mu.Lock()
+		if s.link != nil {
+			_ = s.link.Close()
+		}
+		s.mu.Unlock()
+		_ = s.client.Close()
+	})
 }
 
 // Save writes rec and returns once Kafka acknowledged it (acks=all).
@@ -144,10 +159,10 @@ func (s *ProgressStore) Save(ctx context.Context, rec checkpoint.Record) error {
 }
 
 // send writes one record to partition 0 and returns its offset once acked.
-// It produces straight to the partition's leader, one request and its
-// response, rather than through an AsyncProducer's pipeline of goroutines: a
-// record is written every few hundred milliseconds for as long as the relay
-// runs. What can pass (a leader moving, a broken connection) is tried again
+// It produces straight to the partition's leader on a link of its own, as
+// the event producer does, one request and its response, rather than through
+// an AsyncProducer's pipeline of goroutines: a record is written every few
+// hundred milliseconds for as long as the relay runs. What can pass (a leader moving, a broken connection) is tried again
 // with fresh metadata; sending a record twice only repeats it.
 func (s *ProgressStore) send(ctx context.Context, key, value []byte) (int64, error) {
 	var err error
@@ -180,27 +195,33 @@ func (s *ProgressStore) produce(key, value []byte) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	now := time.Now().Truncate(time.Millisecond)
-	req := &sarama.ProduceRequest{RequiredAcks: sarama.WaitForAll, Timeout: s.timeout, Version: s.version}
-	req.AddBatch(s.topic, 0, &sarama.RecordBatch{
-		Version: 2, FirstTimestamp: now, MaxTimestamp: now,
-		ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1,
-		Records: []*sarama.Record{{Key: key, Value: value}},
-	})
-	resp, err := leader.Produce(req)
-	if err != nil {
-		// The connection is broken: the next Leader opens it afresh.
-		_ = leader.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.link == nil || s.link.addr != leader.Addr() {
+		if s.link != nil {
+			_ = s.link.Close()
+		}
+		s.link = &link{addr: leader.Addr(), conf: s.conf, max: produceVersion(s.conf.Version), done: s.results, quit: s.quit}
+	}
+	rec := &record{ev: &decode.Event{Key: key, Value: value}, ts: time.Now().Truncate(time.Millisecond)}
+	req := &request{batches: []wireBatch{{topic: s.topic, records: []*record{rec}}}, errs: make([]error, 1), offsets: make([]int64, 1)}
+	if err := s.link.produce(req); err != nil {
 		return 0, err
 	}
-	blk := resp.GetBlock(s.topic, 0)
-	if blk == nil {
-		return 0, sarama.ErrIncompleteResponse
+	select {
+	case res := <-s.results:
+		if res.err != nil {
+			// The connection is broken: the next record opens another.
+			_ = s.link.Close()
+			return 0, res.err
+		}
+	case <-s.quit:
+		return 0, sarama.ErrClosedClient
 	}
-	if blk.Err != sarama.ErrNoError {
-		return 0, blk.Err
+	if req.errs[0] != nil {
+		return 0, req.errs[0]
 	}
-	return blk.Offset, nil
+	return req.offsets[0], nil
 }
 
 // probeKey marks the records Load writes to find the end of the topic; it

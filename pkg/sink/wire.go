@@ -71,7 +71,7 @@ func (e *encoder) request(version int16, corr int32, timeout int32, batches []wi
 			topics++
 		}
 	}
-	b = binary.BigEndian.AppendUint32(b, uint32(topics)) //nolint:gosec // G115: counts fit
+	b = binary.BigEndian.AppendUint32(b, uint32(topics))
 	var err error
 	for i := range batches {
 		if !firstOfTopic(batches, i) {
@@ -85,7 +85,7 @@ func (e *encoder) request(version int16, corr int32, timeout int32, batches []wi
 			}
 		}
 		b = appendString(b, topic)
-		b = binary.BigEndian.AppendUint32(b, uint32(n)) //nolint:gosec // G115: as topics
+		b = binary.BigEndian.AppendUint32(b, uint32(n))
 		for _, wb := range batches[i:] {
 			if wb.topic != topic {
 				continue
@@ -128,14 +128,14 @@ func (e *encoder) batch(b []byte, rs []*record) ([]byte, error) {
 	b = append(b, batchMagic)
 	crcAt := len(b)
 	b = append(b, 0, 0, 0, 0)
-	b = binary.BigEndian.AppendUint16(b, uint16(e.codec)&0x7) // attributes: create time, not transactional
+	b = binary.BigEndian.AppendUint16(b, uint16(e.codec&0x7)) // attributes: the codec; create time, not transactional
 	b = binary.BigEndian.AppendUint32(b, uint32(len(rs)-1))   //nolint:gosec // G115: bounded by the batch size
-	b = binary.BigEndian.AppendUint64(b, uint64(first))       //nolint:gosec // G115: the bits are what is sent
-	b = binary.BigEndian.AppendUint64(b, uint64(maxTS))       //nolint:gosec // G115: as above
-	b = binary.BigEndian.AppendUint64(b, 0xffffffffffffffff)  // producer id: none
-	b = binary.BigEndian.AppendUint16(b, 0xffff)              // producer epoch
-	b = binary.BigEndian.AppendUint32(b, 0xffffffff)          // base sequence
-	b = binary.BigEndian.AppendUint32(b, uint32(len(rs)))     //nolint:gosec // G115: as above
+	b = binary.BigEndian.AppendUint64(b, uint64(first))
+	b = binary.BigEndian.AppendUint64(b, uint64(maxTS))
+	b = binary.BigEndian.AppendUint64(b, 0xffffffffffffffff) // producer id: none
+	b = binary.BigEndian.AppendUint16(b, 0xffff)             // producer epoch
+	b = binary.BigEndian.AppendUint32(b, 0xffffffff)         // base sequence
+	b = binary.BigEndian.AppendUint32(b, uint32(len(rs)))    //nolint:gosec // G115: as above
 	if e.codec == sarama.CompressionNone {
 		for i, r := range rs {
 			b = appendRecord(b, r, int64(i), r.ts.UnixMilli()-first)
@@ -283,13 +283,14 @@ func compress(b []byte, codec sarama.CompressionCodec, level int, raw []byte) ([
 // errShortResponse is a produce response that ends before its fields do.
 var errShortResponse = errors.New("kafka produce response is truncated")
 
-// produceResult reads a produce response body (after the size and
-// correlation id) of version v, and sets errs[i] to the outcome of
-// batches[i]: nil, a sarama.KError, or sarama.ErrIncompleteResponse for a
-// batch the response does not mention. It returns the throttle time in ms.
-func produceResult(body []byte, v int16, batches []wireBatch, errs []error) (int32, error) {
-	for i := range errs {
-		errs[i] = sarama.ErrIncompleteResponse
+// readResponse reads the body of r's produce response (after the size and
+// correlation id): r.errs[i] becomes the outcome of r.batches[i] (nil, a
+// sarama.KError, or sarama.ErrIncompleteResponse for a batch the response
+// does not mention), r.offsets[i] its base offset when r.offsets is set, and
+// r.throttle the time the broker asks the next request to wait.
+func (r *request) readResponse(body []byte) error {
+	for i := range r.errs {
+		r.errs[i] = sarama.ErrIncompleteResponse
 	}
 	d := wireReader{b: body}
 	for nt := d.count(); nt > 0 && d.err == nil; nt-- {
@@ -297,30 +298,34 @@ func produceResult(body []byte, v int16, batches []wireBatch, errs []error) (int
 		for np := d.count(); np > 0 && d.err == nil; np-- {
 			partition := int32(d.uint32()) //nolint:gosec // G115: the bits as sent
 			code := int16(d.uint16())      //nolint:gosec // G115: as above
-			d.skip(8)                      // base offset
+			offset := int64(d.uint64())    //nolint:gosec // G115: as above
 			d.skip(8)                      // log append time (v2+)
-			if v >= 5 {
+			if r.version >= 5 {
 				d.skip(8) // log start offset
 			}
-			if v >= 8 {
+			if r.version >= 8 {
 				for ne := d.count(); ne > 0 && d.err == nil; ne-- {
 					d.skip(4) // batch index
 					d.string()
 				}
 				d.string() // error message
 			}
-			for i, wb := range batches {
-				if wb.partition == partition && string(topic) == wb.topic {
-					errs[i] = nil
-					if code != 0 {
-						errs[i] = sarama.KError(code)
-					}
+			for i, wb := range r.batches {
+				if wb.partition != partition || string(topic) != wb.topic {
+					continue
+				}
+				r.errs[i] = nil
+				if code != 0 {
+					r.errs[i] = sarama.KError(code)
+				}
+				if r.offsets != nil {
+					r.offsets[i] = offset
 				}
 			}
 		}
 	}
-	throttle := int32(d.uint32()) //nolint:gosec // G115: as above
-	return throttle, d.err
+	r.throttle = int32(d.uint32()) //nolint:gosec // G115: as above
+	return d.err
 }
 
 // wireReader reads big-endian fields, remembering the first overrun.
@@ -344,6 +349,13 @@ func (d *wireReader) skip(n int) { d.take(n) }
 func (d *wireReader) uint16() uint16 {
 	if p := d.take(2); p != nil {
 		return binary.BigEndian.Uint16(p)
+	}
+	return 0
+}
+
+func (d *wireReader) uint64() uint64 {
+	if p := d.take(8); p != nil {
+		return binary.BigEndian.Uint64(p)
 	}
 	return 0
 }

@@ -185,10 +185,10 @@ func TestRecordSizeCoversEncoding(t *testing.T) {
 	}
 }
 
-// TestProduceResultMapsPartitions: each batch gets its own partition's
+// TestResponseMapsPartitions: each batch gets its own partition's
 // outcome from a response written by kmsg, a partition the response leaves
 // out is incomplete, and a truncated response is an error.
-func TestProduceResultMapsPartitions(t *testing.T) {
+func TestResponseMapsPartitions(t *testing.T) {
 	for v := int16(3); v <= 8; v++ {
 		resp := kmsg.NewPtrProduceResponse()
 		resp.Version, resp.ThrottleMillis = v, 250
@@ -209,16 +209,15 @@ func TestProduceResultMapsPartitions(t *testing.T) {
 		}
 		resp.Topics = append(resp.Topics, orders)
 		body := resp.AppendTo(nil)
-		batches := []wireBatch{{topic: "orders", partition: 1}, {topic: "payments", partition: 0}, {topic: "orders", partition: 3}}
-		errs := make([]error, len(batches))
-		throttle, err := produceResult(body, v, batches, errs)
-		if err != nil || throttle != 250 {
-			t.Fatalf("v%d: throttle %d, %v", v, throttle, err)
+		req := &request{version: v, batches: []wireBatch{{topic: "orders", partition: 1}, {topic: "payments", partition: 0}, {topic: "orders", partition: 3}},
+			errs: make([]error, 3), offsets: make([]int64, 3)}
+		if err := req.readResponse(body); err != nil || req.throttle != 250 {
+			t.Fatalf("v%d: throttle %d, %v", v, req.throttle, err)
 		}
-		if !errors.Is(errs[0], sarama.ErrNotLeaderForPartition) || !errors.Is(errs[1], sarama.ErrIncompleteResponse) || errs[2] != nil {
-			t.Fatalf("v%d: errs %v", v, errs)
+		if !errors.Is(req.errs[0], sarama.ErrNotLeaderForPartition) || !errors.Is(req.errs[1], sarama.ErrIncompleteResponse) || req.errs[2] != nil || req.offsets[2] != 42 {
+			t.Fatalf("v%d: errs %v offsets %v", v, req.errs, req.offsets)
 		}
-		if _, err := produceResult(body[:len(body)-3], v, batches, errs); !errors.Is(err, errShortResponse) {
+		if err := req.readResponse(body[:len(body)-3]); !errors.Is(err, errShortResponse) {
 			t.Fatalf("v%d: truncated response: %v", v, err)
 		}
 	}
@@ -229,7 +228,7 @@ func TestProduceResultMapsPartitions(t *testing.T) {
 func TestEncodingDoesNotAllocate(t *testing.T) {
 	e := encoder{clientID: "relay"}
 	batches := []wireBatch{{topic: "outbox.event.Order", partition: 1, records: wireRecords(time.Now(), benchEvent())}}
-	errs := make([]error, 1)
+	req := &request{version: 8, batches: batches, errs: make([]error, 1)}
 	resp := kmsg.NewPtrProduceResponse()
 	resp.Version = 8
 	tp := kmsg.NewProduceResponseTopic()
@@ -241,7 +240,7 @@ func TestEncodingDoesNotAllocate(t *testing.T) {
 		if _, err := e.request(8, 1, 10000, batches); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := produceResult(body, 8, batches, errs); err != nil {
+		if err := req.readResponse(body); err != nil {
 			t.Fatal(err)
 		}
 	}); n != 0 {
