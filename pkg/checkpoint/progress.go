@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,17 +90,102 @@ func RecordKey(slot, systemID string) []byte { return []byte(slot + "@" + system
 // Key is the record's key in the progress topic.
 func (r Record) Key() []byte { return RecordKey(r.Slot, r.SystemID) }
 
-// Marshal encodes the record as JSON (LSNs in Postgres' X/X notation).
+// Marshal encodes the record as JSON (LSNs in Postgres' X/X notation),
+// byte for byte as encoding/json encodes recordJSON. It appends the fields
+// itself: a record is written several times a second, and encoding/json's
+// reflection was as much CPU as the produce request that carries the record.
 func (r Record) Marshal() []byte {
-	j := recordJSON{
-		Format: recordFormat, Slot: r.Slot, SystemID: r.SystemID, Timeline: r.Timeline,
-		LSN: r.LSN.String(), Snapshot: r.Snapshot, Time: r.Time.UTC(), Version: r.Version, Fingerprint: r.Fingerprint,
-	}
+	b := make([]byte, 0, 256)
+	b = append(b, `{"format":`...)
+	b = strconv.AppendInt(b, recordFormat, 10)
+	b = appendField(b, "slot", r.Slot)
+	b = appendField(b, "system_id", r.SystemID)
+	b = append(b, `,"timeline":`...)
+	b = strconv.AppendInt(b, int64(r.Timeline), 10)
+	b = append(b, `,"lsn":`...)
+	b = appendLSN(b, r.LSN)
 	if r.Partial != nil {
-		j.Partial = &partialJSON{CommitLSN: r.Partial.CommitLSN.String(), Events: r.Partial.Events}
+		b = append(b, `,"partial":{"commit_lsn":`...)
+		b = appendLSN(b, r.Partial.CommitLSN)
+		b = append(b, `,"events":`...)
+		b = strconv.AppendInt(b, int64(r.Partial.Events), 10)
+		b = append(b, '}')
 	}
-	b, _ := json.Marshal(j) // cannot fail: plain strings and numbers
+	if sp := r.Snapshot; sp != nil {
+		b = append(b, `,"snapshot":{"done":`...)
+		b = strconv.AppendBool(b, sp.Done)
+		b = append(b, `,"tables":`...)
+		if sp.Tables == nil {
+			b = append(b, "null"...)
+		} else {
+			b = append(b, '[')
+			for i, t := range sp.Tables {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = appendJSONString(b, t)
+			}
+			b = append(b, ']')
+		}
+		if sp.Rows != 0 {
+			b = append(b, `,"rows":`...)
+			b = strconv.AppendInt(b, sp.Rows, 10)
+		}
+		if sp.RowsEstimate != 0 {
+			b = append(b, `,"rows_estimate":`...)
+			b = strconv.AppendInt(b, sp.RowsEstimate, 10)
+		}
+		b = append(b, '}')
+	}
+	b = append(b, `,"time":"`...)
+	b = r.Time.UTC().AppendFormat(b, time.RFC3339Nano) // time.Time's MarshalJSON, for years 0 to 9999
+	b = append(b, '"')
+	b = appendField(b, "relay_version", r.Version)
+	b = appendField(b, "fingerprint", r.Fingerprint)
+	return append(b, '}')
+}
+
+// appendLSN appends lsn quoted, in pglogrepl.LSN's String form (%X/%X).
+func appendLSN(b []byte, lsn pglogrepl.LSN) []byte {
+	b = append(b, '"')
+	b = appendHex(b, uint64(lsn>>32))
+	b = append(b, '/')
+	b = appendHex(b, uint64(lsn&0xffffffff))
+	return append(b, '"')
+}
+
+func appendHex(b []byte, v uint64) []byte {
+	at := len(b)
+	b = strconv.AppendUint(b, v, 16)
+	for i := at; i < len(b); i++ {
+		if c := b[i]; c >= 'a' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
 	return b
+}
+
+func appendField(b []byte, name, value string) []byte {
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, '"', ':')
+	return appendJSONString(b, value)
+}
+
+// appendJSONString quotes s as encoding/json does: names, LSNs and versions
+// are plain ASCII and are copied; anything else goes through encoding/json
+// so that its escaping (HTML characters, U+2028, invalid UTF-8) stays the
+// same.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // cannot fail for a string
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // UnmarshalRecord decodes a record written by Marshal.

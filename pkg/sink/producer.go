@@ -16,10 +16,10 @@ import (
 
 // Producer publishes events with produce requests of its own (wire.go), on
 // a connection per broker that sarama opens (link.go): one goroutine owns
-// every partition's queue and
-// keeps at most one request in flight per broker, so a partition's records
-// reach Kafka in the order they were handed over, and whatever arrives while
-// a request is in flight goes in the next one. sarama's AsyncProducer does
+// every partition's queue and keeps at most one request in flight per
+// broker, so a partition's records reach Kafka in the order they were handed
+// over, and whatever arrives while a request is in flight goes in the next
+// one. sarama's AsyncProducer does
 // the same job through eight goroutines per record, which at everyday rates
 // (one event per transaction, a hundred to a few thousand a second) cost the
 // relay more CPU than everything else it does; here a record costs a
