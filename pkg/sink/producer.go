@@ -135,6 +135,7 @@ type brokerState struct {
 	since     time.Time    // when the oldest record not yet sent arrived, for the linger
 	bytes     int          // of the records not yet sent, for the linger
 	throttled time.Time    // no request before this, as the broker asked
+	req       request      // the request in flight, reused
 }
 
 // record is an event as it goes into a record batch.
@@ -570,7 +571,10 @@ func (p *Producer) build(b *brokerState) *request {
 		total += size
 		q.sent = n
 		if req == nil {
-			req = &request{b: b}
+			// One request in flight per broker: the last one's lists
+			// are free again.
+			req = &b.req
+			*req = request{b: b, parts: req.parts[:0], batches: req.batches[:0], errs: req.errs[:0]}
 		}
 		req.parts = append(req.parts, q)
 		req.batches = append(req.batches, wireBatch{topic: q.topic, partition: q.id, records: q.pending[:n]})
@@ -590,7 +594,7 @@ func (p *Producer) build(b *brokerState) *request {
 		b.since = time.Time{} // what is left goes with the next request, lingered already
 	}
 	if req != nil {
-		req.errs = make([]error, len(req.batches))
+		req.errs = append(req.errs, make([]error, len(req.batches))...)
 	}
 	return req
 }
