@@ -118,15 +118,17 @@ func (l *link) open() (*session, error) {
 		_ = br.Close()
 		return nil, err
 	}
-	v := int16(-1)
+	lowest, highest := int16(-1), int16(-1)
 	for _, k := range vs.ApiKeys {
 		if k.ApiKey == apiProduce {
-			v = min(l.max, k.MaxVersion)
+			lowest, highest = k.MinVersion, k.MaxVersion
 		}
 	}
-	if v < 3 {
+	v := min(l.max, highest)
+	if v < 3 || v < lowest {
 		_ = br.Close()
-		return nil, fmt.Errorf("broker %s does not take produce requests with record batches (v3, Kafka 0.11): %w", l.addr, sarama.ErrUnsupportedVersion)
+		return nil, fmt.Errorf("broker %s takes produce requests v%d to v%d, the relay writes v3 to v%d (kafka.version): %w",
+			l.addr, lowest, highest, l.max, sarama.ErrUnsupportedVersion)
 	}
 	s := &session{
 		br: br, c: capture.conn, r: bufio.NewReaderSize(capture.conn, 4096), version: v,
