@@ -646,14 +646,16 @@ func (p *Producer) settle(res result) error {
 				p.fl.settle(r.slot)
 			}
 			clear(q.pending[:n])
-			if n == len(q.pending) && cap(q.pending) <= 4096 {
-				// Start the queue over in its array: at everyday rates
-				// every batch empties it, and slicing forward would
-				// allocate a new one for each record. A drain's large
-				// array is let go.
-				q.pending = q.pending[:0]
-			} else {
+			switch {
+			case n < len(q.pending):
 				q.pending = q.pending[n:]
+			case cap(q.pending) <= 4096:
+				// Start the emptied queue over in its array: at everyday
+				// rates every batch empties it, and slicing forward would
+				// allocate a new one for each record.
+				q.pending = q.pending[:0]
+			default:
+				q.pending = nil // a drain's large array is let go
 			}
 			q.retries, q.failing = 0, time.Time{}
 			if len(q.pending) > 0 && q.leader == b && !q.listed {
