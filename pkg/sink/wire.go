@@ -17,7 +17,7 @@ import (
 
 // The at-least-once producer writes its produce requests (versions 3 to 8)
 // and reads their responses itself, on connections sarama opened and
-// authenticated (conn.go). sarama's encoder makes two passes over a request
+// authenticated (link.go). sarama's encoder makes two passes over a request
 // through interfaces, allocating a field object for every length and CRC
 // and 49 objects for a one-record request, and decodes the response into
 // maps; at a hundred events a second that was an eighth of the relay's CPU,
