@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/relay-dev/relay/pkg/checkpoint"
 	"github.com/relay-dev/relay/pkg/config"
 	"github.com/relay-dev/relay/pkg/decode"
 )
@@ -338,6 +340,32 @@ func TestProducerThroughKfake(t *testing.T) {
 			last[string(r.Key)] = string(r.Value)
 		})
 	}
+}
+
+// TestLinksCloseWithTheirOwners: once a producer's Run has returned and a
+// progress store is closed, none of their links' readers is left.
+func TestLinksCloseWithTheirOwners(t *testing.T) {
+	const topic = "outbox.event.Order"
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(6, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	k := config.Default().Kafka
+	k.Brokers = cluster.ListenAddrs()
+	publish(t, k, numbered(topic, 0, 50))
+	store, err := OpenProgress(k, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Save(context.Background(), checkpoint.Record{Slot: "s", SystemID: "1", LSN: 42}); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+	waitUntil(t, "the links' readers to stop", func() bool {
+		buf := make([]byte, 1<<20)
+		return !bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("sink.(*link).read"))
+	})
 }
 
 // TestProducerThroughTLSAndSASL: the producer's own connections are opened
