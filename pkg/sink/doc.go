@@ -4,9 +4,9 @@
 // The at-least-once Producer writes its own produce requests (wire.go) on
 // connections that sarama opens and authenticates, and takes leaders from
 // sarama's client: one goroutine owns a queue per partition and keeps one
-// request in flight per broker (acks=all), so a partition's
-// batches reach Kafka in the order the events were handed over, and whatever
-// arrives while a request is in flight goes in the next one. A batch the
+// request in flight per broker (acks=all), so a partition's batches reach
+// Kafka in the order the events were handed over, and whatever arrives while
+// a request is in flight goes in the next one. A batch the
 // broker refuses for now (a leader moving, too few replicas, a broken
 // connection) is sent again before anything later of its partition; one
 // refused for good, or for longer than 30 seconds, ends the run with an error

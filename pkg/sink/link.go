@@ -29,11 +29,12 @@ import (
 // requests it sends itself; the request in flight then fails like any broken
 // connection and is sent again on a new one.
 type link struct {
-	addr string
-	conf *sarama.Config // sarama's, for timeouts, TLS and SASL
-	max  int16          // produce version wanted, lowered to what the broker offers
-	done chan<- result  // where outcomes go
-	quit <-chan struct{}
+	addr    string
+	conf    *sarama.Config // sarama's, for timeouts, TLS and SASL
+	max     int16          // produce version wanted, lowered to what the broker offers
+	timeout int32          // produce timeout, ms
+	done    chan<- result  // where outcomes go
+	quit    <-chan struct{}
 
 	mu  sync.Mutex
 	cur *session
@@ -52,6 +53,19 @@ type session struct {
 	once    sync.Once
 }
 
+// relink returns l if it goes to addr, and otherwise closes l (if any) and
+// returns a new link to addr whose outcomes go to done until quit closes.
+func relink(l *link, addr string, conf *sarama.Config, done chan<- result, quit <-chan struct{}) *link {
+	if l != nil && l.addr == addr {
+		return l
+	}
+	if l != nil {
+		_ = l.Close()
+	}
+	return &link{addr: addr, conf: conf, max: produceVersion(conf.Version), done: done, quit: quit,
+		timeout: int32(conf.Producer.Timeout / time.Millisecond)} //nolint:gosec // G115: a validated timeout of seconds
+}
+
 // produce writes req, connecting first if need be. Its outcome arrives on
 // the link's done channel unless produce returns an error, in which case
 // nothing of req was written.
@@ -61,7 +75,7 @@ func (l *link) produce(req *request) error {
 		return err
 	}
 	s.corr++
-	b, err := s.enc.request(s.version, s.corr, int32(l.conf.Producer.Timeout/time.Millisecond), req.batches) //nolint:gosec // G115: a validated timeout of seconds
+	b, err := s.enc.request(s.version, s.corr, l.timeout, req.batches)
 	if err != nil {
 		return err
 	}

@@ -19,12 +19,11 @@ import (
 // every partition's queue and keeps at most one request in flight per
 // broker, so a partition's records reach Kafka in the order they were handed
 // over, and whatever arrives while a request is in flight goes in the next
-// one. sarama's AsyncProducer does
-// the same job through eight goroutines per record, which at everyday rates
-// (one event per transaction, a hundred to a few thousand a second) cost the
-// relay more CPU than everything else it does; here a record costs a
-// hand-over from the stream, its share of a request written into a reused
-// buffer, and the link's read of the response.
+// one. sarama's AsyncProducer does the same job through eight goroutines per
+// record, which at everyday rates (one event per transaction, a hundred to a
+// few thousand a second) cost the relay more CPU than everything else it
+// does; here a record costs a hand-over from the stream, its share of a
+// request written into a reused buffer, and the link's read of the response.
 //
 // A batch the broker refuses for a reason that can pass (no leader, not
 // enough replicas, a broken connection) is sent again, after fresh metadata
@@ -78,11 +77,10 @@ type brokerConn interface {
 // producer's own to each leader.
 type saramaCluster struct {
 	sarama.Client
-	conf    *sarama.Config
-	version int16
-	links   map[int32]*link // by broker id; only Run's goroutine uses it
-	done    chan<- result
-	quit    <-chan struct{}
+	conf  *sarama.Config
+	links map[int32]*link // by broker id; only Run's goroutine uses it
+	done  chan<- result
+	quit  <-chan struct{}
 }
 
 func (c *saramaCluster) leader(topic string, partition int32) (brokerConn, error) {
@@ -90,14 +88,8 @@ func (c *saramaCluster) leader(topic string, partition int32) (brokerConn, error
 	if err != nil {
 		return nil, err
 	}
-	l := c.links[b.ID()]
-	if l == nil || l.addr != b.Addr() {
-		if l != nil {
-			_ = l.Close()
-		}
-		l = &link{addr: b.Addr(), conf: c.conf, max: c.version, done: c.done, quit: c.quit}
-		c.links[b.ID()] = l
-	}
+	l := relink(c.links[b.ID()], b.Addr(), c.conf, c.done, c.quit)
+	c.links[b.ID()] = l
 	return l, nil
 }
 
@@ -162,7 +154,7 @@ func newRecord(ev *decode.Event, now time.Time) *record {
 type request struct {
 	b        *brokerState
 	parts    []*partQueue
-	batches  []wireBatch // batches[i] is parts[i]'s until encoded, then grouped by topic
+	batches  []wireBatch // batches[i] is parts[i]'s
 	errs     []error     // of batches[i]
 	offsets  []int64     // of batches[i], when wanted
 	corr     int32
@@ -208,7 +200,7 @@ func NewProducer(k config.Kafka, ack Acker, obs Observer, log zerolog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	c := &saramaCluster{Client: client, conf: sc, version: produceVersion(sc.Version), links: map[int32]*link{}}
+	c := &saramaCluster{Client: client, conf: sc, links: map[int32]*link{}}
 	p := newProducer(c, sc, k, ack, obs, log)
 	c.done, c.quit = p.results, p.quit
 	return p, nil

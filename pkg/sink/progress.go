@@ -162,8 +162,9 @@ func (s *ProgressStore) Save(ctx context.Context, rec checkpoint.Record) error {
 // It produces straight to the partition's leader on a link of its own, as
 // the event producer does, one request and its response, rather than through
 // an AsyncProducer's pipeline of goroutines: a record is written every few
-// hundred milliseconds for as long as the relay runs. What can pass (a leader moving, a broken connection) is tried again
-// with fresh metadata; sending a record twice only repeats it.
+// hundred milliseconds for as long as the relay runs. What can pass (a
+// leader moving, a broken connection) is tried again with fresh metadata;
+// sending a record twice only repeats it.
 func (s *ProgressStore) send(ctx context.Context, key, value []byte) (int64, error) {
 	var err error
 	for i, start := 0, time.Now(); i == 0 || time.Since(start) < progressTimeout; i++ {
@@ -197,12 +198,7 @@ func (s *ProgressStore) produce(key, value []byte) (int64, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.link == nil || s.link.addr != leader.Addr() {
-		if s.link != nil {
-			_ = s.link.Close()
-		}
-		s.link = &link{addr: leader.Addr(), conf: s.conf, max: produceVersion(s.conf.Version), done: s.results, quit: s.quit}
-	}
+	s.link = relink(s.link, leader.Addr(), s.conf, s.results, s.quit)
 	rec := &record{ev: &decode.Event{Key: key, Value: value}, ts: time.Now().Truncate(time.Millisecond)}
 	req := &request{batches: []wireBatch{{topic: s.topic, records: []*record{rec}}}, errs: make([]error, 1), offsets: make([]int64, 1)}
 	if err := s.link.produce(req); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"sync"
 
 	"github.com/IBM/sarama"
@@ -241,13 +242,7 @@ func compress(b []byte, codec sarama.CompressionCodec, level int, raw []byte) ([
 			w.Reset(buf)
 		}
 		defer pool.(*sync.Pool).Put(w)
-		if _, err := w.Write(raw); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
-		return buf.Bytes(), nil
+		return writeAll(w, buf, raw)
 	case sarama.CompressionSnappy:
 		return append(b, snappy.Encode(nil, raw)...), nil
 	case sarama.CompressionLZ4:
@@ -255,13 +250,7 @@ func compress(b []byte, codec sarama.CompressionCodec, level int, raw []byte) ([
 		defer lz4Writers.Put(w)
 		buf := bytes.NewBuffer(b)
 		w.Reset(buf)
-		if _, err := w.Write(raw); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
-		return buf.Bytes(), nil
+		return writeAll(w, buf, raw)
 	case sarama.CompressionZSTD:
 		enc, ok := zstdEncoders.Load(level)
 		if !ok {
@@ -278,6 +267,18 @@ func compress(b []byte, codec sarama.CompressionCodec, level int, raw []byte) ([
 		return enc.(*zstd.Encoder).EncodeAll(raw, b), nil
 	}
 	return nil, fmt.Errorf("unsupported compression codec %d", codec)
+}
+
+// writeAll compresses raw through w, which writes to buf, and returns buf's
+// bytes once w is closed.
+func writeAll(w io.WriteCloser, buf *bytes.Buffer, raw []byte) ([]byte, error) {
+	if _, err := w.Write(raw); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // errShortResponse is a produce response that ends before its fields do.
